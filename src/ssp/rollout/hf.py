@@ -1,0 +1,118 @@
+"""Rollouts with transformers' `generate`: batched, left-padded, length-bucketed, chat template applied."""
+
+from __future__ import annotations
+
+import torch
+
+from ssp.config import SamplingConfig
+from ssp.rollout.base import ChatRequest, Completion
+
+
+class ChatEncoder:
+    """Applies the chat template and the explicit truncation policy shared by rollouts and updates.
+
+    Truncation policy: a prompt longer than `max_prompt_tokens` keeps its chat framing and loses the
+    END of its last message's content (the template's header and the assistant prefix stay intact).
+    """
+
+    def __init__(self, tokenizer, max_prompt_tokens: int):
+        self.tokenizer = tokenizer
+        self.max_prompt_tokens = max_prompt_tokens
+
+    def render(self, request: ChatRequest) -> str:
+        text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+        return text + request.prefill
+
+    def encode(self, request: ChatRequest) -> tuple[list[int], bool]:
+        ids = self._ids(self.render(request))
+        if len(ids) <= self.max_prompt_tokens:
+            return ids, False
+        last = request.messages[-1]
+        content_ids = self._ids(last["content"])
+        keep = max(0, len(content_ids) - (len(ids) - self.max_prompt_tokens))
+        while True:
+            cut = self.tokenizer.decode(content_ids[:keep])
+            messages = [*request.messages[:-1], {**last, "content": cut}]
+            ids = self._ids(self.render(ChatRequest(messages, request.prefill)))
+            if len(ids) <= self.max_prompt_tokens or keep == 0:
+                break
+            keep = max(0, keep - max(1, len(ids) - self.max_prompt_tokens))
+        if len(ids) > self.max_prompt_tokens:
+            raise ValueError(
+                f"model.max_prompt_tokens={self.max_prompt_tokens} is shorter than the chat framing alone "
+                f"({len(ids)} tokens)"
+            )
+        return ids, True
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+class HFRolloutEngine:
+    def __init__(self, model, tokenizer, max_prompt_tokens: int, batch_size: int = 16):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.encoder = ChatEncoder(tokenizer, max_prompt_tokens)
+        self.batch_size = batch_size
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        self.pad_id = tokenizer.pad_token_id
+
+    def refresh_weights(self) -> None:
+        """The engine generates with the training model itself: nothing to reload."""
+
+    @torch.no_grad()
+    def generate(self, requests: list[ChatRequest], sampling: SamplingConfig, n: int = 1) -> list[list[Completion]]:
+        encoded = [self.encoder.encode(r) for r in requests]
+        jobs = [(i, ids, trunc) for i, (ids, trunc) in enumerate(encoded) for _ in range(n)]
+        # Length-bucketed batches: similar prompt lengths waste less compute on padding.
+        order = sorted(range(len(jobs)), key=lambda j: len(jobs[j][1]))
+        results: list[list[Completion]] = [[] for _ in requests]
+        outputs: dict[int, Completion] = {}
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start : start + self.batch_size]
+                for j, completion in zip(chunk, self._generate_batch([jobs[j][1] for j in chunk], sampling)):
+                    completion.prompt_truncated = jobs[j][2]
+                    outputs[j] = completion
+        finally:
+            self.model.train(was_training)
+        for j, (i, _, _) in enumerate(jobs):
+            results[i].append(outputs[j])
+        return results
+
+    def _generate_batch(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[Completion]:
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, ids in enumerate(prompts):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention[row, width - len(ids) :] = 1
+        do_sample = sampling.temperature > 0
+        kwargs = dict(do_sample=do_sample, max_new_tokens=sampling.max_new_tokens, pad_token_id=self.pad_id,
+                      eos_token_id=sorted(self.eos_ids))
+        if do_sample:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
+        out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
+        completions = []
+        for row in out[:, width:].tolist():
+            ids: list[int] = []
+            finished = False
+            for t in row:
+                ids.append(t)
+                if t in self.eos_ids:
+                    finished = True
+                    break
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            completions.append(Completion(prompt_ids=prompts[len(completions)], completion_ids=ids,
+                                          text=text, finished=finished))
+        return completions
+
+
+def build_rollout_engine(backend: str, model, tokenizer, max_prompt_tokens: int, batch_size: int):
+    if backend == "hf":
+        return HFRolloutEngine(model, tokenizer, max_prompt_tokens, batch_size)
+    raise ValueError(f"rollout.backend: unknown backend {backend!r}")

@@ -1,0 +1,165 @@
+"""Atomic, pickle-free checkpoints: weights, optimizer, RNG, step, config and the experience pool.
+
+A checkpoint is written into a temporary folder, every file is hashed into `manifest.json`, and the
+folder is renamed into place. A folder without a manifest that verifies is never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_DIR = "checkpoints"
+MANIFEST = "manifest.json"
+_NAME = re.compile(r"^step-(\d{6,})$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- optimizer state as safetensors + JSON -------------------------------------------------------
+def optimizer_to_files(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, param_state in state["state"].items():
+        for key, value in param_state.items():
+            name = f"{idx}.{key}"
+            if torch.is_tensor(value):
+                tensors[name] = value.detach().cpu().contiguous()
+            else:
+                scalars[name] = value
+    save_file(tensors, folder / "optimizer.safetensors")
+    (folder / "optimizer.json").write_text(json.dumps({"param_groups": state["param_groups"], "scalars": scalars}))
+
+
+def optimizer_from_files(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    tensors = load_file(folder / "optimizer.safetensors")
+    meta = json.loads((folder / "optimizer.json").read_text())
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in list(tensors.items()) + list(meta["scalars"].items()):
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# -- RNG ----------------------------------------------------------------------------------------
+def rng_to_files(game_rng: random.Random, folder: Path) -> None:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    save_file(tensors, folder / "rng.safetensors")
+    version, internal, gauss = game_rng.getstate()
+    (folder / "rng.json").write_text(json.dumps({"game": [version, list(internal), gauss]}))
+
+
+def rng_from_files(game_rng: random.Random, folder: Path) -> None:
+    tensors = load_file(folder / "rng.safetensors")
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = json.loads((folder / "rng.json").read_text())["game"]
+    game_rng.setstate((version, tuple(internal), gauss))
+
+
+# -- whole checkpoint ---------------------------------------------------------------------------
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, game_rng: random.Random, pool,
+                    config_yaml: str, extra: dict[str, Any]) -> Path:
+    root = run_dir / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_pretrained(tmp / "weights", safe_serialization=True)
+    optimizer_to_files(optimizer, tmp)
+    rng_to_files(game_rng, tmp)
+    pool.snapshot(tmp / "pool.sqlite")
+    (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
+    files = sorted(p for p in tmp.rglob("*") if p.is_file())
+    manifest = {"step": step, "files": {str(p.relative_to(tmp)): _sha256(p) for p in files}}
+    for p in files:
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    with open(tmp / MANIFEST, "rb") as f:
+        os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    return final
+
+
+def verify_checkpoint(folder: Path) -> bool:
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        return all((folder / name).is_file() and _sha256(folder / name) == digest
+                   for name, digest in manifest["files"].items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint whose manifest verifies; partial or corrupt ones are skipped."""
+    root = run_dir / CHECKPOINT_DIR
+    if not root.is_dir():
+        return None
+    candidates = sorted((int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir())
+    for _step, folder in reversed(candidates):
+        if verify_checkpoint(folder):
+            return folder
+    return None
+
+
+def load_weights(model, folder: Path) -> None:
+    """Weights saved by `save_checkpoint` (a peft adapter or a full model), loaded from safetensors."""
+    weights = folder / "weights"
+    if (weights / "adapter_model.safetensors").is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(weights / "adapter_model.safetensors"))
+    else:
+        state: dict[str, torch.Tensor] = {}
+        for shard in sorted(weights.glob("*.safetensors")):
+            state.update(load_file(shard))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
+        if real_missing or unexpected:
+            raise ValueError(f"{weights}: checkpoint does not match the model (missing {real_missing[:3]}, "
+                             f"unexpected {unexpected[:3]})")

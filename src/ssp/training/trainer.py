@@ -1,0 +1,239 @@
+"""The SSP training loop: play a step, update the policy, replay and admit, log, checkpoint, resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ssp.config import SSPConfig, dump_config
+from ssp.game.play import SelfPlayGame
+from ssp.game.prompts import load_strategy_hints
+from ssp.game.seeds import load_seeds
+from ssp.judges.base import build_judge
+from ssp.models.loader import load_policy, resolve_device
+from ssp.replay.pool import ExperiencePool
+from ssp.rl.grpo import grpo_update
+from ssp.rollout.hf import build_rollout_engine
+from ssp.training import checkpoint as ckpt
+
+log = logging.getLogger(__name__)
+
+POOL_FILE = "pool.sqlite"
+METRICS_FILE = "metrics.jsonl"
+EXCHANGES_FILE = "exchanges.jsonl"
+SUMMARY_FILE = "summary.json"
+MIN_FREE_BYTES = 2 << 30  # a LoRA checkpoint is small, a full one is model-sized; refuse to start below 2 GiB
+
+
+class TrainingError(RuntimeError):
+    """Training stopped for a stated reason (bad output folder, repeated non-finite updates, ...)."""
+
+
+def _check_output_dir(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(f"output folder {run_dir} is not writable: {e.strerror or e}") from None
+    free = shutil.disk_usage(run_dir).free
+    if free < MIN_FREE_BYTES:
+        raise TrainingError(f"output folder {run_dir}: only {free / 2**30:.2f} GiB free, need at least "
+                            f"{MIN_FREE_BYTES / 2**30:.0f} GiB for checkpoints")
+
+
+def _truncate_jsonl(path: Path, max_step: int) -> None:
+    """Drop rows logged after the checkpoint we resume from (they will be played again)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= max_step:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _finite(x: float) -> float | None:
+    return x if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+class Trainer:
+    def __init__(self, cfg: SSPConfig, run_dir: str | Path, resume: bool = False, progress: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.progress = progress
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        _check_output_dir(self.run_dir)
+        if cfg.run.threads:
+            torch.set_num_threads(cfg.run.threads)
+        torch.manual_seed(cfg.run.seed)
+        self.rng = random.Random(cfg.run.seed)
+        self.device = resolve_device(cfg.run.device)
+
+        self.harmful = load_seeds(cfg.game.harmful_seeds, "harmful", cfg.game.harmful_column)
+        self.benign = load_seeds(cfg.game.benign_seeds, "benign", cfg.game.benign_column) if cfg.game.benign_per_step else []
+        self.judge = build_judge(cfg.judge.name, cfg.judge.options)
+        embedder = None
+        if cfg.game.intent_gate:
+            from ssp.judges.embedder import TextEmbedder
+
+            embedder = TextEmbedder.shared()
+
+        self.model, self.tokenizer = load_policy(cfg.model, seed=cfg.run.seed)
+        self.model.to(self.device)
+        self.reference = None
+        if cfg.model.finetune == "full" and cfg.rl.kl_coef > 0:
+            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.rl.learning_rate, weight_decay=cfg.rl.weight_decay)
+        self.engine = build_rollout_engine(cfg.rollout.backend, self.model, self.tokenizer,
+                                           cfg.model.max_prompt_tokens, cfg.rollout.batch_size)
+        self.game = SelfPlayGame(cfg, self.engine, self.judge, self.harmful, self.benign,
+                                 load_strategy_hints(), embedder)
+
+        self.start_step = 0
+        pool_path = self.run_dir / POOL_FILE
+        latest = ckpt.latest_checkpoint(self.run_dir) if self.resume else None
+        if self.resume and latest is None:
+            log.warning("--resume: no complete checkpoint in %s; starting from step 0", self.run_dir)
+        if latest is not None:
+            ckpt.load_weights(self.model, latest)
+            ckpt.optimizer_from_files(self.optimizer, latest)
+            ckpt.rng_from_files(self.rng, latest)
+            self.start_step = json.loads((latest / "state.json").read_text())["step"]
+            self.pool = ExperiencePool.restore(latest / POOL_FILE, pool_path, cfg.replay)
+            for name in (METRICS_FILE, EXCHANGES_FILE):
+                _truncate_jsonl(self.run_dir / name, self.start_step)
+            log.info("resumed from %s (step %d)", latest, self.start_step)
+        else:
+            if not self.resume:
+                for name in (POOL_FILE, METRICS_FILE, EXCHANGES_FILE, SUMMARY_FILE):
+                    (self.run_dir / name).unlink(missing_ok=True)
+                shutil.rmtree(self.run_dir / ckpt.CHECKPOINT_DIR, ignore_errors=True)
+            else:
+                for name in (METRICS_FILE, EXCHANGES_FILE):
+                    _truncate_jsonl(self.run_dir / name, 0)
+                (self.run_dir / POOL_FILE).unlink(missing_ok=True)
+            self.pool = ExperiencePool(pool_path, cfg.replay)
+        dump_config(cfg, self.run_dir / "config.yaml")
+
+    def _step(self, step: int) -> dict[str, Any]:
+        cfg = self.cfg
+        t_step = time.perf_counter()
+        entries = self.pool.select(cfg.replay.per_step, self.rng) if cfg.replay.mode != "none" else []
+        result = self.game.play(step, entries, self.rng)
+
+        t0 = time.perf_counter()
+        stats = grpo_update(self.model, self.optimizer, result.samples, cfg.rl, self.tokenizer.pad_token_id,
+                            reference_model=self.reference)
+        self.engine.refresh_weights()
+        result.timings["update"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        admitted = self.pool.admit(result.candidates, step)
+        if result.replay_rewards:
+            self.pool.update(result.replay_rewards, step)
+        result.timings["replay"] = time.perf_counter() - t0
+        pool_stats = self.pool.stats()
+
+        total = time.perf_counter() - t_step
+        gen_time = result.timings["attacker_generation"] + result.timings["defender_generation"]
+        row: dict[str, Any] = {"step": step, **{k: _finite(v) for k, v in result.metrics.items()}}
+        row.update({
+            "loss": _finite(stats.loss), "kl": _finite(stats.kl), "grad_norm": _finite(stats.grad_norm),
+            "update_skipped": stats.skipped, "update_tokens": stats.tokens,
+            "nonfinite": not (math.isfinite(stats.loss) and math.isfinite(stats.grad_norm)),
+            "pool/admitted": admitted, "pool/replayed": len(result.replay_rewards),
+            **{f"pool/{k}": v for k, v in pool_stats.items()},
+            **{f"time/{k}": round(v, 3) for k, v in result.timings.items()},
+            "time/step": round(total, 3),
+            "generated_tokens": result.generated_tokens,
+            "tokens_per_s": round(result.generated_tokens / gen_time, 2) if gen_time > 0 else None,
+        })
+        with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if cfg.run.log_exchanges:
+            logged = result.exchanges if len(result.exchanges) <= cfg.run.log_exchanges else self.rng.sample(
+                result.exchanges, cfg.run.log_exchanges)
+            with open(self.run_dir / EXCHANGES_FILE, "a", encoding="utf-8") as f:
+                for ex in logged:
+                    f.write(json.dumps(ex.to_dict()) + "\n")
+        return row
+
+    def _checkpoint(self, step: int) -> Path:
+        return ckpt.save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.rng, self.pool,
+                                    yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False),
+                                    {"finetune": self.cfg.model.finetune, "model": self.cfg.model.name_or_path})
+
+    def train(self) -> dict[str, Any]:
+        """Run until `run.max_steps`; returns the summary (also written to summary.json)."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._setup()
+        cfg = self.cfg
+        rows: list[dict[str, Any]] = []
+        nonfinite_in_row = 0
+        last_ckpt: Path | None = ckpt.latest_checkpoint(self.run_dir) if self.start_step else None
+        with Progress(TextColumn("[bold]SSP"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                      TimeElapsedColumn(), disable=not self.progress) as bar:
+            task = bar.add_task("", total=cfg.run.max_steps, completed=min(self.start_step, cfg.run.max_steps))
+            for step in range(self.start_step + 1, cfg.run.max_steps + 1):
+                bar.update(task, description=f"step {step}")
+                row = self._step(step)
+                rows.append(row)
+                nonfinite_in_row = nonfinite_in_row + 1 if row["nonfinite"] else 0
+                if nonfinite_in_row >= cfg.rl.max_nonfinite_steps:
+                    raise TrainingError(f"step {step}: {nonfinite_in_row} updates in a row had a non-finite loss or "
+                                        "gradient and were skipped; lower rl.learning_rate or check the model dtype")
+                if step % cfg.run.checkpoint_every == 0 or step == cfg.run.max_steps:
+                    last_ckpt = self._checkpoint(step)
+                asr, ref = row.get("train_asr"), row.get("benign_refusal")
+                bar.update(task, advance=1, description=(
+                    f"step {step}  r_att {row.get('reward/attacker') or 0:.2f}  r_def {row.get('reward/defender') or 0:.2f}"
+                    f"  asr {asr if asr is not None else float('nan'):.2f}  benign-refusal "
+                    f"{ref if ref is not None else float('nan'):.2f}  pool {row['pool/size']}  {row['time/step']:.0f}s"))
+        self.pool.close()
+        summary = self._summary(rows, last_ckpt)
+        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _summary(self, rows: list[dict[str, Any]], last_ckpt: Path | None) -> dict[str, Any]:
+        def mean(key: str) -> float | None:
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            return round(sum(vals) / len(vals), 4) if vals else None
+
+        phases = ["attacker_generation", "defender_generation", "judging", "update", "replay"]
+        return {
+            "run_dir": str(self.run_dir),
+            "steps_run": len(rows),
+            "last_step": rows[-1]["step"] if rows else self.start_step,
+            "checkpoint": str(last_ckpt) if last_ckpt else None,
+            "mean_time_per_step_s": mean("time/step"),
+            "mean_time_per_phase_s": {p: mean(f"time/{p}") for p in phases},
+            "mean_reward_attacker": mean("reward/attacker"),
+            "mean_reward_defender": mean("reward/defender"),
+            "mean_train_asr": mean("train_asr"),
+            "mean_benign_refusal": mean("benign_refusal"),
+            "pool_size": rows[-1]["pool/size"] if rows else None,
+            "metrics": str(self.run_dir / METRICS_FILE),
+        }

@@ -1,0 +1,120 @@
+"""The GRPO update against a direct computation from full logits, on the tiny model."""
+
+import math
+
+import pytest
+import torch
+
+from ssp.config import RLConfig
+from ssp.models.loader import load_policy
+from ssp.rl.grpo import TrainSample, collate, completion_logprobs, group_advantages, grpo_update
+
+
+def test_group_advantages_known_values():
+    adv = group_advantages([1.0, 0.0, 0.0, 1.0], eps=0.0)
+    std = math.sqrt(sum((x - 0.5) ** 2 for x in [1, 0, 0, 1]) / 3)
+    assert adv == pytest.approx([0.5 / std, -0.5 / std, -0.5 / std, 0.5 / std])
+    assert group_advantages([0.3, 0.3, 0.3]) == [0.0, 0.0, 0.0]  # flat group: no signal
+    assert group_advantages([0.7]) == [0.0]
+
+
+def _samples():
+    g = torch.Generator().manual_seed(1)
+    def ids(n):
+        return torch.randint(5, 250, (n,), generator=g).tolist()
+    return [
+        TrainSample("attacker", ids(7), ids(5), advantage=1.2),
+        TrainSample("defender", ids(4), ids(9), advantage=-0.7),
+        TrainSample("defender", ids(11), ids(3), advantage=0.4, sft_weight=0.1),
+    ]
+
+
+def _reference_loss(model, samples, cfg: RLConfig, pad_id):
+    """Full-logit computation, sample by sample, written independently of the implementation."""
+    total_tokens = sum(len(s.completion_ids) for s in samples)
+    weights = {"attacker": cfg.attacker_weight, "defender": cfg.defender_weight}
+    loss = 0.0
+    for s in samples:
+        seq = torch.tensor([s.prompt_ids + s.completion_ids])
+        logits = model(input_ids=seq).logits[0].float()
+        logp_all = torch.log_softmax(logits, -1)
+        p = len(s.prompt_ids)
+        pos = torch.arange(p - 1, p - 1 + len(s.completion_ids))
+        logp = logp_all[pos, torch.tensor(s.completion_ids)]
+        with torch.no_grad(), model.disable_adapter():
+            ref_all = torch.log_softmax(model(input_ids=seq).logits[0].float(), -1)
+        ref = ref_all[pos, torch.tensor(s.completion_ids)]
+        ratio = torch.exp(logp - logp.detach())
+        pg = -torch.minimum(ratio * s.advantage, torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * s.advantage)
+        kl = torch.exp(ref - logp) - (ref - logp) - 1
+        loss = loss + (weights[s.role] * (pg + cfg.kl_coef * kl) - s.sft_weight * logp).sum()
+    return loss / total_tokens
+
+
+def test_update_matches_direct_computation(tiny_cfg):
+    torch.manual_seed(0)
+    model, tok = load_policy(tiny_cfg.model, seed=0)
+    # Non-zero LoRA B so the policy differs from the reference and the KL term is exercised.
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    cfg = RLConfig(micro_batch_size=2, kl_coef=0.1, attacker_weight=0.5, learning_rate=1e-3, max_grad_norm=1e9)
+    samples = _samples()
+
+    model.zero_grad()
+    expected = _reference_loss(model, samples, cfg, tok.pad_token_id)
+    expected.backward()
+    expected_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.zero_grad()
+
+    captured = {}
+    class Recorder(torch.optim.SGD):
+        def step(self, closure=None):
+            captured.update({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+            return super().step(closure)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    stats = grpo_update(model, Recorder(params, lr=1e-3), samples, cfg, tok.pad_token_id)
+    assert stats.loss == pytest.approx(expected.item(), rel=1e-4, abs=1e-6)
+    assert stats.tokens == 17 and stats.samples == 3 and not stats.skipped
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(captured[name], grad, rtol=1e-4, atol=1e-6)
+    assert any(not torch.equal(b, p) for b, p in zip(before, params))
+
+
+def test_completion_logprobs_matches_full_logits(tiny_cfg):
+    model, tok = load_policy(tiny_cfg.model)
+    samples = _samples()
+    ids, att, comp = collate(samples, tok.pad_token_id, torch.device("cpu"))
+    got = completion_logprobs(model, ids, att, comp)
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=att).logits.float(), -1)
+    want = torch.cat([logp[r, :-1][comp[r, 1:].bool()].gather(-1, ids[r, 1:][comp[r, 1:].bool()][:, None]).squeeze(-1)
+                      for r in range(len(samples))])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_advantage_samples_are_skipped(tiny_cfg):
+    model, tok = load_policy(tiny_cfg.model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    s = [TrainSample("defender", [5, 6, 7], [8, 9], advantage=0.0)]
+    stats = grpo_update(model, torch.optim.AdamW(params), s, RLConfig(), tok.pad_token_id)
+    assert stats.skipped and stats.samples == 0
+
+
+def test_nonfinite_loss_skips_the_step(tiny_cfg):
+    model, tok = load_policy(tiny_cfg.model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in params]
+    s = [TrainSample("defender", [5, 6, 7], [8, 9], advantage=float("nan"))]
+    stats = grpo_update(model, torch.optim.AdamW(params), s, RLConfig(), tok.pad_token_id)
+    assert stats.skipped
+    assert all(torch.equal(b, p) for b, p in zip(before, params))
+
+
+def test_multiple_epochs_use_fixed_behaviour_logprobs(tiny_cfg):
+    model, tok = load_policy(tiny_cfg.model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    stats = grpo_update(model, torch.optim.AdamW(params, lr=1e-2), _samples(),
+                        RLConfig(epochs=2, kl_coef=0.0), tok.pad_token_id)
+    assert not stats.skipped and math.isfinite(stats.loss)
