@@ -83,15 +83,18 @@ def test_update_matches_direct_computation(tiny_cfg):
     assert any(not torch.equal(b, p) for b, p in zip(before, params))
 
 
-def test_completion_logprobs_matches_full_logits(tiny_cfg):
+def test_completion_logprobs_match_unpadded_full_logits(tiny_cfg):
+    """Left padding with explicit positions gives each row exactly its unpadded log-probabilities."""
     model, tok = load_policy(tiny_cfg.model)
     samples = _samples()
-    ids, att, comp = collate(samples, tok.pad_token_id, torch.device("cpu"))
-    got = completion_logprobs(model, ids, att, comp)
-    logp = torch.log_softmax(model(input_ids=ids, attention_mask=att).logits.float(), -1)
-    want = torch.cat([logp[r, :-1][comp[r, 1:].bool()].gather(-1, ids[r, 1:][comp[r, 1:].bool()][:, None]).squeeze(-1)
-                      for r in range(len(samples))])
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    got = completion_logprobs(model, *collate(samples, tok.pad_token_id, torch.device("cpu")))
+    want = []
+    for s in samples:
+        seq = torch.tensor([s.prompt_ids + s.completion_ids])
+        logp = torch.log_softmax(model(input_ids=seq).logits[0].float(), -1)
+        p = len(s.prompt_ids)
+        want.append(logp[torch.arange(p - 1, p - 1 + len(s.completion_ids)), torch.tensor(s.completion_ids)])
+    torch.testing.assert_close(got, torch.cat(want), rtol=1e-5, atol=1e-5)
 
 
 def test_zero_advantage_samples_are_skipped(tiny_cfg):

@@ -36,6 +36,7 @@ class TinyModelConfig(_Strict):
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(128, ge=8)
     vocab_size: int = Field(384, ge=300, description="byte-level BPE vocabulary trained on the packaged seeds")
+    init_std: float = Field(0.2, gt=0.0, description="weight init std; large enough that greedy output depends on the prompt")
 
 
 class ModelConfig(_Strict):
@@ -97,6 +98,9 @@ class GameConfig(_Strict):
 class JudgeConfig(_Strict):
     name: str = Field("heuristic", description="a registered judge name, see `ssp judge --help`")
     options: dict[str, Any] = Field(default_factory=dict, description="the chosen judge's own options")
+    max_invalid_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="stop training when a step's share of invalid judgments exceeds this"
+    )
 
 
 class ReplayConfig(_Strict):

@@ -260,6 +260,7 @@ class SelfPlayGame:
             "intent_gate_pass": _mean([float(a.gate_passed) for a in attacks if a.text is not None]),
             "reflect_accepted": float(reflect_accepted),
             "judge_invalid": float(invalid),
+            "judged": float(len(verdicts)),
             "flat_group_share": flat_groups / total_groups if total_groups else float("nan"),
             "samples/attacker": float(sum(s.role == "attacker" for s in samples)),
             "samples/defender": float(sum(s.role == "defender" for s in samples)),

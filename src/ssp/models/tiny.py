@@ -76,6 +76,7 @@ def build_tiny_model(cfg: TinyModelConfig, seed: int = 0):
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        initializer_range=cfg.init_std,
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)

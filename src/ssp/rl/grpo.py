@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -36,40 +36,41 @@ def group_advantages(rewards: list[float], eps: float = 1e-4) -> list[float]:
     return [(r - mean) / (std + eps) for r in rewards]
 
 
-def _causal_lm(model):
-    """The underlying transformers CausalLM (peft injects LoRA layers in place, so they stay active)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def collate(samples: list[TrainSample], pad_id: int, device: torch.device):
-    """Right-padded [prompt + completion] rows and a mask that marks completion tokens."""
+    """Left-padded [prompt + completion] rows (every completion ends in the last column), explicit
+    position ids (padding must not shift positions) and a mask marking the completion tokens."""
     width = max(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
     input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     attention = torch.zeros_like(input_ids)
     completion = torch.zeros_like(input_ids)
     for row, s in enumerate(samples):
-        p, c = len(s.prompt_ids), len(s.completion_ids)
-        input_ids[row, : p + c] = torch.tensor(s.prompt_ids + s.completion_ids)
-        attention[row, : p + c] = 1
-        completion[row, p : p + c] = 1
-    return input_ids.to(device), attention.to(device), completion.to(device)
+        n, c = len(s.prompt_ids) + len(s.completion_ids), len(s.completion_ids)
+        input_ids[row, width - n :] = torch.tensor(s.prompt_ids + s.completion_ids)
+        attention[row, width - n :] = 1
+        completion[row, width - c :] = 1
+    positions = (attention.cumsum(1) - 1).clamp(min=0)
+    return input_ids.to(device), attention.to(device), positions.to(device), completion.to(device)
 
 
-def completion_logprobs(model, input_ids: torch.Tensor, attention: torch.Tensor, completion: torch.Tensor) -> torch.Tensor:
+def completion_logprobs(model, input_ids, attention, positions, completion) -> torch.Tensor:
     """Log-probabilities of the completion tokens, flattened in row order.
 
-    Runs the decoder once and applies the LM head only at completion positions, so the fp32 logits
-    over the vocabulary are never built for prompt tokens (they dominate memory on small models).
+    Goes through the model's own forward (so DDP/FSDP/DeepSpeed wrappers keep working) and asks for
+    the logits of the last K positions only (`logits_to_keep`): with left padding every completion
+    lies there, so the fp32 logits over the vocabulary are not built for the prompt tokens.
     """
-    lm = _causal_lm(model)
-    hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention).last_hidden_state
-    select = completion[:, 1:].bool()
-    targets = input_ids[:, 1:][select]
-    logits = lm.get_output_embeddings()(hidden[:, :-1][select]).float()
-    softcap = getattr(lm.config, "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    keep = int(completion.sum(1).max()) + 1
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
+                   logits_to_keep=keep, use_cache=False).logits[:, :-1].float()
+    tail = input_ids.shape[1] - keep + 1
+    select = completion[:, tail:].bool()
+    targets = input_ids[:, tail:][select]
+    return torch.log_softmax(logits[select], dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+
+
+def _unwrap(model):
+    """The module inside a DDP-style wrapper."""
+    return getattr(model, "module", model)
 
 
 @contextlib.contextmanager
@@ -77,8 +78,8 @@ def reference_policy(model, reference_model):
     """The KL reference: LoRA with its adapter disabled (no second copy), else a frozen copy."""
     if reference_model is not None:
         yield reference_model
-    elif hasattr(model, "disable_adapter"):
-        with model.disable_adapter():
+    elif hasattr(_unwrap(model), "disable_adapter"):
+        with _unwrap(model).disable_adapter():
             yield model
     else:
         raise ValueError("rl.kl_coef > 0 with full fine-tuning needs a reference model")
@@ -109,23 +110,37 @@ class UpdateStats:
     skipped: bool = False  # non-finite loss or gradient: the step was not applied
 
 
+def trainable(samples: list[TrainSample]) -> list[TrainSample]:
+    """Samples that carry a learning signal (a zero advantage and no SFT weight contribute nothing)."""
+    return [s for s in samples if s.completion_ids and (s.advantage != 0.0 or s.sft_weight > 0.0)]
+
+
 def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad_id: int,
-                reference_model=None, backward=None, clip_grad=None) -> UpdateStats:
+                reference_model=None, backward=None, clip_grad=None,
+                total_tokens: int | None = None, loss_scale: float = 1.0,
+                min_micro_batches: int = 0, filler: TrainSample | None = None) -> UpdateStats:
     """One optimisation step (per epoch) over all samples; micro-batched, token-mean over the step.
 
-    `backward` and `clip_grad` default to torch's; a distributed trainer passes its own (accelerate).
+    Distributed use: each rank passes its shard of the step's samples, the step's global
+    `total_tokens`, `loss_scale` = world size (the gradient all-reduce averages over ranks), and
+    accelerate's `backward` and `clip_grad`. Every rank must run the same number of backward
+    passes (the gradient all-reduce happens in them): `min_micro_batches` pads a short shard with
+    zero-weight copies of `filler`. Defaults are single-process torch.
     """
-    samples = [s for s in samples if s.completion_ids and (s.advantage != 0.0 or s.sft_weight > 0.0)]
-    if not samples:
+    samples = trainable(samples)
+    total_tokens = total_tokens or sum(len(s.completion_ids) for s in samples)
+    if not samples and (total_tokens == 0 or backward is None):
         return UpdateStats(0.0, 0.0, 0.0, 0, 0, skipped=True)
     backward = backward or (lambda loss: loss.backward())
     params = [p for p in model.parameters() if p.requires_grad]
     clip_grad = clip_grad or (lambda: torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
     device = next(model.parameters()).device
-    total_tokens = sum(len(s.completion_ids) for s in samples)
     # Length-sorted micro-batches waste less compute on padding.
     order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].completion_ids))
     batches = [[samples[i] for i in order[k : k + cfg.micro_batch_size]] for k in range(0, len(order), cfg.micro_batch_size)]
+    if len(batches) < min_micro_batches:
+        blank = replace(filler or samples[0], advantage=0.0, sft_weight=0.0)
+        batches += [[blank] for _ in range(min_micro_batches - len(batches))]
     role_weight = {"attacker": cfg.attacker_weight, "defender": cfg.defender_weight}
 
     old_logps = None
@@ -139,8 +154,8 @@ def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad
         optimizer.zero_grad(set_to_none=True)
         loss_sum = kl_sum = 0.0
         for b, batch in enumerate(batches):
-            input_ids, attention, completion = collate(batch, pad_id, device)
-            per_row = completion.sum(1).tolist()
+            tensors = collate(batch, pad_id, device)
+            per_row = tensors[-1].sum(1).tolist()
 
             def expand(values):
                 return torch.cat([torch.full((n,), float(v), device=device) for v, n in zip(values, per_row)])
@@ -148,8 +163,8 @@ def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad
             ref_logp = None
             if cfg.kl_coef > 0:
                 with torch.no_grad(), reference_policy(model, reference_model) as ref:
-                    ref_logp = completion_logprobs(ref, input_ids, attention, completion)
-            logp = completion_logprobs(model, input_ids, attention, completion)
+                    ref_logp = completion_logprobs(ref, *tensors)
+            logp = completion_logprobs(model, *tensors)
             old = old_logps[b] if old_logps is not None else logp.detach()
             loss_tokens, kl = token_loss_terms(
                 logp, old, ref_logp,
@@ -159,7 +174,7 @@ def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad
                 clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
             )
             loss = loss_tokens.sum() / total_tokens
-            backward(loss)
+            backward(loss * loss_scale)
             loss_sum += loss.item()
             kl_sum += kl.detach().sum().item()
         grad_norm = float(clip_grad())

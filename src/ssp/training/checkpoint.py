@@ -73,18 +73,23 @@ def optimizer_from_files(optimizer: torch.optim.Optimizer, folder: Path) -> None
 
 
 # -- RNG ----------------------------------------------------------------------------------------
-def rng_to_files(game_rng: random.Random, folder: Path) -> None:
+def rng_to_files(game_rng: random.Random, folder: Path, rank: int = 0) -> None:
+    """The torch RNG of one rank (sampling differs per rank) and the game RNG (the same on all ranks)."""
     tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"cuda.{i}"] = s
-    save_file(tensors, folder / "rng.safetensors")
-    version, internal, gauss = game_rng.getstate()
-    (folder / "rng.json").write_text(json.dumps({"game": [version, list(internal), gauss]}))
+    save_file(tensors, folder / f"rng-rank{rank}.safetensors")
+    if rank == 0:
+        version, internal, gauss = game_rng.getstate()
+        (folder / "rng.json").write_text(json.dumps({"game": [version, list(internal), gauss]}))
 
 
-def rng_from_files(game_rng: random.Random, folder: Path) -> None:
-    tensors = load_file(folder / "rng.safetensors")
+def rng_from_files(game_rng: random.Random, folder: Path, rank: int = 0) -> None:
+    path = folder / f"rng-rank{rank}.safetensors"
+    if not path.is_file():  # resumed with more processes than saved: fall back to rank 0's stream
+        path = folder / "rng-rank0.safetensors"
+    tensors = load_file(path)
     torch.set_rng_state(tensors["torch"])
     cuda = [tensors[k] for k in sorted(tensors) if k.startswith("cuda.")]
     if cuda and torch.cuda.is_available():
@@ -95,16 +100,24 @@ def rng_from_files(game_rng: random.Random, folder: Path) -> None:
 
 # -- whole checkpoint ---------------------------------------------------------------------------
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, game_rng: random.Random, pool,
-                    config_yaml: str, extra: dict[str, Any]) -> Path:
+                    config_yaml: str, extra: dict[str, Any], rank: int = 0, world: int = 1,
+                    barrier=lambda: None) -> Path:
+    """Every rank calls this (with `barrier` = a cross-rank barrier); rank 0 writes all but the other ranks' RNG."""
     root = run_dir / CHECKPOINT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = root / f".tmp-{checkpoint_name(step)}"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
+    rng_to_files(game_rng, tmp, rank)
+    barrier()
+    if rank != 0:
+        barrier()
+        return final
     model.save_pretrained(tmp / "weights", safe_serialization=True)
     optimizer_to_files(optimizer, tmp)
-    rng_to_files(game_rng, tmp)
     pool.snapshot(tmp / "pool.sqlite")
     (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
     (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
@@ -120,6 +133,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, game_rng: random
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync_dir(root)
+    barrier()
     return final
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -23,9 +24,10 @@ from ssp.game.seeds import load_seeds
 from ssp.judges.base import build_judge
 from ssp.models.loader import load_policy, resolve_device
 from ssp.replay.pool import ExperiencePool
-from ssp.rl.grpo import grpo_update
+from ssp.rl.grpo import grpo_update, trainable
 from ssp.rollout.hf import build_rollout_engine
 from ssp.training import checkpoint as ckpt
+from ssp.training.distributed import Ranks, ShardedEngine, ShardedJudge
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +84,20 @@ class Trainer:
         self.progress = progress
 
     def _setup(self) -> None:
+        from accelerate import Accelerator
+
         cfg = self.cfg
         _check_output_dir(self.run_dir)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        torch.manual_seed(cfg.run.seed)
+        device = resolve_device(cfg.run.device)
+        self.accelerator = Accelerator(cpu=device.type == "cpu")
+        self.ranks = Ranks(self.accelerator)
+        self.device = self.accelerator.device
+        # The game RNG is the same on every rank (all ranks play the same global step); the torch RNG
+        # (sampling) differs per rank so that sharded rollouts are independent.
+        torch.manual_seed(cfg.run.seed + self.ranks.rank)
         self.rng = random.Random(cfg.run.seed)
-        self.device = resolve_device(cfg.run.device)
 
         self.harmful = load_seeds(cfg.game.harmful_seeds, "harmful", cfg.game.harmful_column)
         self.benign = load_seeds(cfg.game.benign_seeds, "benign", cfg.game.benign_column) if cfg.game.benign_per_step else []
@@ -99,33 +108,39 @@ class Trainer:
 
             embedder = TextEmbedder.shared()
 
-        self.model, self.tokenizer = load_policy(cfg.model, seed=cfg.run.seed)
-        self.model.to(self.device)
+        model, self.tokenizer = load_policy(cfg.model, seed=cfg.run.seed)
+        model.to(self.device)
         self.reference = None
         if cfg.model.finetune == "full" and cfg.rl.kl_coef > 0:
-            self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.rl.learning_rate, weight_decay=cfg.rl.weight_decay)
-        self.engine = build_rollout_engine(cfg.rollout.backend, self.model, self.tokenizer,
+            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.rl.learning_rate, weight_decay=cfg.rl.weight_decay)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.policy = self.accelerator.unwrap_model(self.model)  # generation and saving use the bare module
+        self.engine = build_rollout_engine(cfg.rollout.backend, self.policy, self.tokenizer,
                                            cfg.model.max_prompt_tokens, cfg.rollout.batch_size)
-        self.game = SelfPlayGame(cfg, self.engine, self.judge, self.harmful, self.benign,
-                                 load_strategy_hints(), embedder)
+        engine, judge = self.engine, self.judge
+        if self.ranks.world > 1:
+            engine, judge = ShardedEngine(engine, self.ranks), ShardedJudge(judge, self.ranks)
+        self.game = SelfPlayGame(cfg, engine, judge, self.harmful, self.benign, load_strategy_hints(), embedder)
 
         self.start_step = 0
         pool_path = self.run_dir / POOL_FILE
         latest = ckpt.latest_checkpoint(self.run_dir) if self.resume else None
         if self.resume and latest is None:
             log.warning("--resume: no complete checkpoint in %s; starting from step 0", self.run_dir)
+        self.pool = None  # the experience pool lives on rank 0 only
         if latest is not None:
-            ckpt.load_weights(self.model, latest)
+            ckpt.load_weights(self.policy, latest)
             ckpt.optimizer_from_files(self.optimizer, latest)
-            ckpt.rng_from_files(self.rng, latest)
+            ckpt.rng_from_files(self.rng, latest, self.ranks.rank)
             self.start_step = json.loads((latest / "state.json").read_text())["step"]
-            self.pool = ExperiencePool.restore(latest / POOL_FILE, pool_path, cfg.replay)
-            for name in (METRICS_FILE, EXCHANGES_FILE):
-                _truncate_jsonl(self.run_dir / name, self.start_step)
+            if self.ranks.is_main:
+                self.pool = ExperiencePool.restore(latest / POOL_FILE, pool_path, cfg.replay)
+                for name in (METRICS_FILE, EXCHANGES_FILE):
+                    _truncate_jsonl(self.run_dir / name, self.start_step)
             log.info("resumed from %s (step %d)", latest, self.start_step)
-        else:
+        elif self.ranks.is_main:
             if not self.resume:
                 for name in (POOL_FILE, METRICS_FILE, EXCHANGES_FILE, SUMMARY_FILE):
                     (self.run_dir / name).unlink(missing_ok=True)
@@ -135,26 +150,46 @@ class Trainer:
                     _truncate_jsonl(self.run_dir / name, 0)
                 (self.run_dir / POOL_FILE).unlink(missing_ok=True)
             self.pool = ExperiencePool(pool_path, cfg.replay)
-        dump_config(cfg, self.run_dir / "config.yaml")
+        if self.ranks.is_main:
+            dump_config(cfg, self.run_dir / "config.yaml")
+        self.accelerator.wait_for_everyone()
 
     def _step(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
+        ranks = self.ranks
         t_step = time.perf_counter()
-        entries = self.pool.select(cfg.replay.per_step, self.rng) if cfg.replay.mode != "none" else []
+        # Derived per step, not drawn from the game RNG: only rank 0 selects and logs.
+        side_rng = random.Random(cfg.run.seed * 1_000_003 + step)
+        entries = []
+        if ranks.is_main and cfg.replay.mode != "none":
+            entries = self.pool.select(cfg.replay.per_step, side_rng)
+        entries = ranks.broadcast(entries)
         result = self.game.play(step, entries, self.rng)
 
         t0 = time.perf_counter()
-        stats = grpo_update(self.model, self.optimizer, result.samples, cfg.rl, self.tokenizer.pad_token_id,
-                            reference_model=self.reference)
+        samples = trainable(result.samples)  # identical on every rank; each trains on its shard
+        stats = grpo_update(
+            self.model, self.optimizer, ranks.shard(samples), cfg.rl, self.tokenizer.pad_token_id,
+            reference_model=self.reference, backward=self.accelerator.backward,
+            clip_grad=lambda: self.accelerator.clip_grad_norm_(self.params, cfg.rl.max_grad_norm),
+            total_tokens=sum(len(x.completion_ids) for x in samples), loss_scale=float(ranks.world),
+            min_micro_batches=ranks.micro_batches_needed(len(samples), cfg.rl.micro_batch_size),
+            filler=samples[0] if samples else None)
         self.engine.refresh_weights()
         result.timings["update"] = time.perf_counter() - t0
+        losses = ranks.gather_values((stats.loss, stats.kl))
+        stats.loss, stats.kl = sum(x[0] for x in losses), sum(x[1] for x in losses)
+        if not samples:
+            stats.skipped = True
 
         t0 = time.perf_counter()
-        admitted = self.pool.admit(result.candidates, step)
-        if result.replay_rewards:
-            self.pool.update(result.replay_rewards, step)
+        admitted, pool_stats = 0, {}
+        if ranks.is_main:
+            admitted = self.pool.admit(result.candidates, step)
+            if result.replay_rewards:
+                self.pool.update(result.replay_rewards, step)
+            pool_stats = self.pool.stats()
         result.timings["replay"] = time.perf_counter() - t0
-        pool_stats = self.pool.stats()
 
         total = time.perf_counter() - t_step
         gen_time = result.timings["attacker_generation"] + result.timings["defender_generation"]
@@ -170,20 +205,27 @@ class Trainer:
             "generated_tokens": result.generated_tokens,
             "tokens_per_s": round(result.generated_tokens / gen_time, 2) if gen_time > 0 else None,
         })
+        if not ranks.is_main:
+            return row
         with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         if cfg.run.log_exchanges:
-            logged = result.exchanges if len(result.exchanges) <= cfg.run.log_exchanges else self.rng.sample(
+            logged = result.exchanges if len(result.exchanges) <= cfg.run.log_exchanges else side_rng.sample(
                 result.exchanges, cfg.run.log_exchanges)
             with open(self.run_dir / EXCHANGES_FILE, "a", encoding="utf-8") as f:
                 for ex in logged:
                     f.write(json.dumps(ex.to_dict()) + "\n")
         return row
 
-    def _checkpoint(self, step: int) -> Path:
-        return ckpt.save_checkpoint(self.run_dir, step, self.model, self.optimizer, self.rng, self.pool,
-                                    yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False),
-                                    {"finetune": self.cfg.model.finetune, "model": self.cfg.model.name_or_path})
+    def _checkpoint(self, step: int) -> Path | None:
+        """Rank 0 writes the checkpoint; every rank adds its own RNG state to it first."""
+        path = ckpt.save_checkpoint(
+            self.run_dir, step, self.policy, self.optimizer, self.rng, self.pool,
+            yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False),
+            {"finetune": self.cfg.model.finetune, "model": self.cfg.model.name_or_path,
+             "world_size": self.ranks.world},
+            rank=self.ranks.rank, world=self.ranks.world, barrier=self.accelerator.wait_for_everyone)
+        return path
 
     def train(self) -> dict[str, Any]:
         """Run until `run.max_steps`; returns the summary (also written to summary.json)."""
@@ -195,12 +237,18 @@ class Trainer:
         nonfinite_in_row = 0
         last_ckpt: Path | None = ckpt.latest_checkpoint(self.run_dir) if self.start_step else None
         with Progress(TextColumn("[bold]SSP"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                      TimeElapsedColumn(), disable=not self.progress) as bar:
+                      TimeElapsedColumn(), disable=not (self.progress and self.ranks.is_main)) as bar:
             task = bar.add_task("", total=cfg.run.max_steps, completed=min(self.start_step, cfg.run.max_steps))
             for step in range(self.start_step + 1, cfg.run.max_steps + 1):
                 bar.update(task, description=f"step {step}")
                 row = self._step(step)
                 rows.append(row)
+                judged = row.get("judged") or 0
+                if judged and (row.get("judge_invalid") or 0) / judged > cfg.judge.max_invalid_share:
+                    raise TrainingError(
+                        f"step {step}: {row['judge_invalid']:.0f} of {judged:.0f} judgments were invalid "
+                        f"(> judge.max_invalid_share={cfg.judge.max_invalid_share}); the judge is failing, "
+                        f"stopping. Resume with --resume once it works (checkpoint and pool are intact)")
                 nonfinite_in_row = nonfinite_in_row + 1 if row["nonfinite"] else 0
                 if nonfinite_in_row >= cfg.rl.max_nonfinite_steps:
                     raise TrainingError(f"step {step}: {nonfinite_in_row} updates in a row had a non-finite loss or "
@@ -211,11 +259,26 @@ class Trainer:
                 bar.update(task, advance=1, description=(
                     f"step {step}  r_att {row.get('reward/attacker') or 0:.2f}  r_def {row.get('reward/defender') or 0:.2f}"
                     f"  asr {asr if asr is not None else float('nan'):.2f}  benign-refusal "
-                    f"{ref if ref is not None else float('nan'):.2f}  pool {row['pool/size']}  {row['time/step']:.0f}s"))
-        self.pool.close()
+                    f"{ref if ref is not None else float('nan'):.2f}  pool {row.get('pool/size')}  {row['time/step']:.0f}s"))
         summary = self._summary(rows, last_ckpt)
-        (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        digests = self.ranks.gather_values(self._weights_digest())
+        summary["rank_weight_digests"] = digests
+        if len(set(digests)) > 1:
+            raise TrainingError(f"ranks hold different weights after training: {digests}")
+        if self.ranks.is_main:
+            self.pool.close()
+            (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+        self.accelerator.wait_for_everyone()
         return summary
+
+    def _weights_digest(self) -> str:
+        """sha256 over the trainable parameters: equal on every rank when gradients were synchronised."""
+        h = hashlib.sha256()
+        for name, p in self.policy.named_parameters():
+            if p.requires_grad:
+                h.update(name.encode())
+                h.update(p.detach().float().cpu().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def _summary(self, rows: list[dict[str, Any]], last_ckpt: Path | None) -> dict[str, Any]:
         def mean(key: str) -> float | None:
@@ -234,6 +297,7 @@ class Trainer:
             "mean_reward_defender": mean("reward/defender"),
             "mean_train_asr": mean("train_asr"),
             "mean_benign_refusal": mean("benign_refusal"),
-            "pool_size": rows[-1]["pool/size"] if rows else None,
+            "pool_size": rows[-1].get("pool/size") if rows else None,
+            "world_size": self.ranks.world,
             "metrics": str(self.run_dir / METRICS_FILE),
         }

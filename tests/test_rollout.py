@@ -1,0 +1,47 @@
+"""HF rollouts on the tiny model: batching, left padding, n samples, prefill, truncation policy."""
+
+import torch
+
+from ssp.config import SamplingConfig
+from ssp.models.loader import load_policy
+from ssp.rollout.base import ChatRequest
+from ssp.rollout.hf import ChatEncoder, HFRolloutEngine
+
+
+def test_generate_returns_n_samples_per_request_in_order(tiny_cfg):
+    model, tok = load_policy(tiny_cfg.model)
+    engine = HFRolloutEngine(model, tok, max_prompt_tokens=512, batch_size=3)
+    reqs = [ChatRequest([{"role": "user", "content": "hi"}]),
+            ChatRequest([{"role": "user", "content": "a much longer question about the weather today"}], prefill="<prompt>")]
+    out = engine.generate(reqs, SamplingConfig(max_new_tokens=6, temperature=1.0), n=2)
+    assert [len(o) for o in out] == [2, 2]
+    for req, outs in zip(reqs, out):
+        expected_prompt = engine.encoder.encode(req)[0]
+        for c in outs:
+            assert c.prompt_ids == expected_prompt
+            assert 1 <= len(c.completion_ids) <= 6
+            assert c.finished == (c.completion_ids[-1] == tok.eos_token_id)
+            assert tok.pad_token_id not in c.completion_ids[:-1] or c.finished
+    assert tok.decode(out[1][0].prompt_ids).endswith("<prompt>")
+
+
+def test_greedy_is_batch_independent(tiny_cfg):
+    """Left padding must not change a greedy continuation (same result alone or in a padded batch)."""
+    model, tok = load_policy(tiny_cfg.model)
+    short = ChatRequest([{"role": "user", "content": "hi"}])
+    long = ChatRequest([{"role": "user", "content": "tell me about the history of the printing press in Europe"}])
+    greedy = SamplingConfig(max_new_tokens=8, temperature=0.0)
+    alone = HFRolloutEngine(model, tok, 512, batch_size=1).generate([short], greedy)[0][0]
+    batched = HFRolloutEngine(model, tok, 512, batch_size=8).generate([long, short], greedy)[1][0]
+    assert alone.completion_ids == batched.completion_ids
+
+
+def test_long_prompts_are_truncated_keeping_the_chat_framing(tiny_cfg):
+    model, tok = load_policy(tiny_cfg.model)
+    enc = ChatEncoder(tok, max_prompt_tokens=60)
+    ids, truncated = enc.encode(ChatRequest([{"role": "user", "content": "word " * 500}]))
+    text = tok.decode(ids)
+    assert truncated and len(ids) <= 60
+    assert text.startswith("<|im_start|>user") and text.endswith("<|im_start|>assistant\n")
+    ids2, truncated2 = enc.encode(ChatRequest([{"role": "user", "content": "short"}]))
+    assert not truncated2 and len(ids2) < 60
