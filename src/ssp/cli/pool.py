@@ -27,7 +27,7 @@ def show(
     if not path.is_file():
         fail(f"{path}: no experience pool (is {run} a run folder written by `ssp train`?)")
     cfg_tree = load_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else {}
-    with ExperiencePool(path, ReplayConfig.model_validate(cfg_tree.get("replay", {}))) as pool:
+    with ExperiencePool(path, ReplayConfig.model_validate(cfg_tree.get("replay", {})), readonly=True) as pool:
         stats = pool.stats()
         entries = pool.top(top)
     table = Table(title=f"experience pool of {run}: " + ", ".join(f"{k}={v}" for k, v in stats.items()))

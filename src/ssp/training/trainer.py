@@ -141,14 +141,12 @@ class Trainer:
                     _truncate_jsonl(self.run_dir / name, self.start_step)
             log.info("resumed from %s (step %d)", latest, self.start_step)
         elif self.ranks.is_main:
+            # A fresh start (or a resume with no complete checkpoint): nothing earlier is kept.
+            for name in (METRICS_FILE, EXCHANGES_FILE, SUMMARY_FILE):
+                (self.run_dir / name).unlink(missing_ok=True)
             if not self.resume:
-                for name in (POOL_FILE, METRICS_FILE, EXCHANGES_FILE, SUMMARY_FILE):
-                    (self.run_dir / name).unlink(missing_ok=True)
                 shutil.rmtree(self.run_dir / ckpt.CHECKPOINT_DIR, ignore_errors=True)
-            else:
-                for name in (METRICS_FILE, EXCHANGES_FILE):
-                    _truncate_jsonl(self.run_dir / name, 0)
-                (self.run_dir / POOL_FILE).unlink(missing_ok=True)
+            ExperiencePool.delete_files(pool_path)
             self.pool = ExperiencePool(pool_path, cfg.replay)
         if self.ranks.is_main:
             dump_config(cfg, self.run_dir / "config.yaml")
