@@ -15,6 +15,7 @@ class JudgeInput:
     goal: str  # what the attacker was asked to achieve (for benign items: the instruction itself)
     prompt: str  # what the Defender saw
     response: str  # what the Defender answered
+    context: str = ""  # optional context of the behaviour (HarmBench contextual behaviours); "" when none
 
 
 @dataclass(frozen=True)
@@ -66,13 +67,50 @@ def available_judges() -> list[str]:
 
 
 def build_judge(name: str, options: dict[str, Any] | None = None) -> Judge:
-    """Build a judge by its registered name; its own options are validated by the judge."""
+    """Build a judge by its registered name; its own options are validated by the judge.
+
+    The option `cache: PATH` works with every judge: verdicts are kept in an SQLite file keyed by a
+    hash of the inputs and the judge's settings (see `ssp.judges.ensemble.CachedJudge`).
+    """
     _load_builtin_judges()
     if name not in _REGISTRY:
         raise ValueError(f"judge.name: unknown judge {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](dict(options or {}))
+    opts = dict(options or {})
+    cache_path = opts.pop("cache", None)
+    judge = _REGISTRY[name](opts)
+    if cache_path:
+        from ssp.judges.ensemble import CachedJudge, VerdictCache
+
+        judge = CachedJudge(judge, VerdictCache(str(cache_path)))
+    return judge
+
+
+def validate_options(model: type[Any], options: dict[str, Any], judge: str) -> Any:
+    """Validate a judge's options with its pydantic model (extra="forbid").
+
+    Raises ValueError naming the judge and every offending option, e.g.
+    "judge 'heuristic': invalid options: judge.options.on_topic_treshold: Extra inputs are not permitted".
+    """
+    from pydantic import ValidationError
+
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(x) for x in err["loc"]) or "(options)"
+            problems.append(f"judge.options.{loc}: {err['msg']}")
+        raise ValueError(f"judge {judge!r}: invalid options: " + "; ".join(problems)) from None
+
+
+def judge_settings(judge: Judge) -> dict[str, Any]:
+    """What identifies a judge's behaviour (name + options): used in cache keys and reports."""
+    settings = getattr(judge, "settings", None)
+    if callable(settings):
+        return dict(settings())
+    return {"name": getattr(judge, "name", type(judge).__name__)}
 
 
 def _load_builtin_judges() -> None:
     # Importing the modules registers their judges.
-    from ssp.judges import heuristic  # noqa: F401
+    from ssp.judges import ensemble, guards, heuristic, rubric  # noqa: F401

