@@ -61,11 +61,52 @@ class SamplingConfig(_Strict):
     max_new_tokens: int = Field(64, ge=1)
 
 
+class VLLMRolloutConfig(_Strict):
+    """The vLLM rollout backend (`rollout.backend: vllm`, `pip install 'ssp[vllm]'`); see docs/gpu.md.
+
+    colocated: an in-process `vllm.LLM` per training rank (or per group of `tensor_parallel_size`
+    ranks) on the trainer's own GPU; after each update the policy's weights (LoRA merged in) are
+    pushed into it. server: a separately started `vllm serve` reached over HTTP; after each update
+    the LoRA adapter is saved under `lora_dir` and loaded into the server by name.
+    """
+
+    mode: Literal["colocated", "server"] = "colocated"
+    # colocated
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0.0, le=1.0, description="colocated: share of each GPU the engine may take (its weights + KV cache)")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="colocated: GPUs per engine (that many consecutive ranks share one); server: set it "
+        "on `vllm serve` instead")
+    max_model_len: int | None = Field(
+        None, ge=32, description="colocated: default model.max_prompt_tokens + the longest max_new_tokens")
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = Field(False, description="colocated: no CUDA graphs (less memory, slower)")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="colocated: extra vllm.LLM arguments")
+    # server
+    base_url: str = Field("http://127.0.0.1:8000", description="server: the `vllm serve` address (without /v1)")
+    served_model_name: str | None = Field(
+        None, description="server: the base model's name on the server (default: model.name_or_path)")
+    lora_dir: str | None = Field(
+        None, description="server: folder visible to trainer AND server where each refreshed adapter is saved")
+    adapter_name: str = Field("ssp-policy", min_length=1, description="server: adapters load as NAME-v<version>")
+    api_key_env: str | None = Field(
+        "VLLM_API_KEY", description="server: environment variable holding the API key (unset: no key sent)")
+    timeout_s: float = Field(600.0, gt=0.0, description="server: per-request timeout")
+    max_concurrency: int = Field(32, ge=1, description="server: requests in flight at once per rank")
+
+    @model_validator(mode="after")
+    def _server_needs_folder(self) -> "VLLMRolloutConfig":
+        if self.mode == "server" and not self.lora_dir:
+            raise ValueError("rollout.vllm.lora_dir is required in server mode (a folder the vLLM server can read)")
+        return self
+
+
 class RolloutConfig(_Strict):
-    backend: Literal["hf"] = "hf"
-    batch_size: int = Field(16, ge=1, description="sequences generated together")
+    backend: Literal["hf", "vllm"] = "hf"
+    batch_size: int = Field(16, ge=1, description="sequences generated together (hf backend)")
     attacker: SamplingConfig = SamplingConfig(max_new_tokens=80)
     defender: SamplingConfig = SamplingConfig(max_new_tokens=64)
+    vllm: VLLMRolloutConfig = VLLMRolloutConfig()
 
 
 class GameConfig(_Strict):

@@ -123,7 +123,7 @@ def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad
 
     Distributed use: each rank passes its shard of the step's samples, the step's global
     `total_tokens`, `loss_scale` = world size (the gradient all-reduce averages over ranks), and
-    accelerate's `backward` and `clip_grad`. Every rank must run the same number of backward
+    accelerate's `backward(loss, is_last_micro_batch)` and `clip_grad`. Every rank must run the same number of backward
     passes (the gradient all-reduce happens in them): `min_micro_batches` pads a short shard with
     zero-weight copies of `filler`. Defaults are single-process torch.
     """
@@ -131,7 +131,7 @@ def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad
     total_tokens = total_tokens or sum(len(s.completion_ids) for s in samples)
     if not samples and (total_tokens == 0 or backward is None):
         return UpdateStats(0.0, 0.0, 0.0, 0, 0, skipped=True)
-    backward = backward or (lambda loss: loss.backward())
+    backward = backward or (lambda loss, last: loss.backward())
     params = [p for p in model.parameters() if p.requires_grad]
     clip_grad = clip_grad or (lambda: torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
     device = next(model.parameters()).device
@@ -174,10 +174,11 @@ def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad
                 clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
             )
             loss = loss_tokens.sum() / total_tokens
-            backward(loss * loss_scale)
+            backward(loss * loss_scale, b == len(batches) - 1)
             loss_sum += loss.item()
             kl_sum += kl.detach().sum().item()
-        grad_norm = float(clip_grad())
+        norm = clip_grad()  # None where the engine clips internally (DeepSpeed)
+        grad_norm = float(norm) if norm is not None else 0.0
         if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
             optimizer.zero_grad(set_to_none=True)
             return UpdateStats(loss_sum, kl_sum / total_tokens, grad_norm, total_tokens, len(samples), skipped=True)

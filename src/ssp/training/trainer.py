@@ -118,7 +118,8 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.policy = self.accelerator.unwrap_model(self.model)  # generation and saving use the bare module
         self.engine = build_rollout_engine(cfg.rollout.backend, self.policy, self.tokenizer,
-                                           cfg.model.max_prompt_tokens, cfg.rollout.batch_size)
+                                           cfg.model.max_prompt_tokens, cfg.rollout.batch_size,
+                                           rollout=cfg.rollout, model_config=cfg.model, seed=cfg.run.seed)
         engine, judge = self.engine, self.judge
         if self.ranks.world > 1:
             engine, judge = ShardedEngine(engine, self.ranks), ShardedJudge(judge, self.ranks)
@@ -168,7 +169,7 @@ class Trainer:
         samples = trainable(result.samples)  # identical on every rank; each trains on its shard
         stats = grpo_update(
             self.model, self.optimizer, ranks.shard(samples), cfg.rl, self.tokenizer.pad_token_id,
-            reference_model=self.reference, backward=self.accelerator.backward,
+            reference_model=self.reference, backward=self._backward,
             clip_grad=lambda: self.accelerator.clip_grad_norm_(self.params, cfg.rl.max_grad_norm),
             total_tokens=sum(len(x.completion_ids) for x in samples), loss_scale=float(ranks.world),
             min_micro_batches=ranks.micro_batches_needed(len(samples), cfg.rl.micro_batch_size),
@@ -214,6 +215,11 @@ class Trainer:
                 for ex in logged:
                     f.write(json.dumps(ex.to_dict()) + "\n")
         return row
+
+    def _backward(self, loss: torch.Tensor, last: bool) -> None:
+        """accelerate's backward; under DeepSpeed, whose backward also steps, only the last micro-batch syncs."""
+        self.accelerator.gradient_state._set_sync_gradients(last)
+        self.accelerator.backward(loss)
 
     def _checkpoint(self, step: int) -> Path | None:
         """Rank 0 writes the checkpoint; every rank adds its own RNG state to it first."""
