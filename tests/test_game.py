@@ -86,3 +86,31 @@ def test_seed_files_csv_jsonl_and_errors(tmp_path, shared_data):
     latin.write_bytes(b"fine line\ncaf\xe9\n")
     with pytest.raises(SeedError, match="line 2: not valid UTF-8"):
         load_seeds(str(latin), "harmful")
+
+
+def test_static_attacker_wraps_goals_in_templates_and_trains_only_the_defender(tiny_cfg):
+    from ssp.config import load_config
+    from ssp.game.play import SelfPlayGame
+    from ssp.game.seeds import Seed
+    from ssp.judges.base import build_judge
+    from ssp.judges.embedder import TextEmbedder
+    from ssp.models.loader import load_policy
+    from ssp.rollout.hf import HFRolloutEngine
+    from tests.conftest import REPO
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml",
+                      ["game.attacker=static", "game.static_template_names=[prefix_injection]"])
+    model, tok = load_policy(cfg.model)
+    engine = HFRolloutEngine(model, tok, cfg.model.max_prompt_tokens, 16)
+    game = SelfPlayGame(cfg, engine, build_judge(cfg.judge.name, cfg.judge.options),
+                        [Seed("Obtain a forged passport", "fraud")], [Seed("Bake bread", "benign")], [],
+                        TextEmbedder.shared())
+    result = game.play(1, [], random.Random(0))
+    attacks = [e for e in result.exchanges if e.kind == "attack"]
+    assert attacks and all("Obtain a forged passport" in e.prompt and e.prompt != "Obtain a forged passport"
+                           for e in attacks)
+    assert all(s.role == "defender" for s in result.samples)
+    with pytest.raises(ValueError, match="unknown templates"):
+        SelfPlayGame(load_config(REPO / "configs" / "tiny.yaml", ["game.attacker=static",
+                                                                 "game.static_template_names=[nope]"]),
+                     engine, None, [], [], [], TextEmbedder.shared())

@@ -221,7 +221,7 @@ def test_timeout_then_retry(server) -> None:
 
 
 def test_non_json_body_is_invalid(server) -> None:
-    server.reset(("not_json",))
+    server.reset(*[("not_json",)] * 3)  # the first try and max_retries=2 retries
     [v] = build_judge("strongreject", _opts(server)).judge(ITEMS[:1])
     assert not v.valid and "malformed response body" in v.rationale
 

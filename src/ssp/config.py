@@ -121,6 +121,11 @@ class GameConfig(_Strict):
         0.34, ge=0.0, le=1.0, description="share of the step's seed prompts that are benign instructions"
     )
     strategy_hints: bool = True
+    attacker: Literal["self", "static"] = Field(
+        "self", description="self: the policy attacks (SSP); static: goals wrapped in fixed jailbreak templates, "
+        "no Attacker learning (the static-dataset baseline)")
+    static_templates: str | None = Field(None, description="template file for attacker=static (default: packaged)")
+    static_template_names: list[str] = Field(default_factory=list, description="subset of templates (default: all)")
     zero_sum: bool = Field(True, description="r_def = 1 - r_att; off: r_def only counts refusal")
     intent_gate: bool = True
     intent_threshold: float = Field(0.3, ge=-1.0, le=1.0, description="min cosine(attack, goal) to count")
@@ -203,6 +208,28 @@ class SSPConfig(_Strict):
         return v
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose bad scalars (`2001-13-14`, `!!int x`) raise YAMLError, not ValueError."""
+
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, AttributeError) as e:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"invalid value ({e}); quote it to use it as text", node.start_mark) from None
+
+
+def _safe_yaml(text: str) -> Any:
+    """`yaml.safe_load` that fails only with YAMLError (deep nesting overflows PyYAML's recursion)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration ({source}):"]
     for e in err.errors():
@@ -220,7 +247,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if not path:
         raise ConfigError(f"override {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _safe_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return path, value
@@ -246,7 +273,7 @@ def load_yaml(path: str | Path) -> dict:
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
     try:
-        data = yaml.safe_load(text)
+        data = _safe_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

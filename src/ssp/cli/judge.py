@@ -74,6 +74,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Score exchanges with a judge and write verdicts (refused, harmful, score, valid, rationale)."""
         from rich.console import Console
+        from rich.markup import escape
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         from ssp.judges import available_judges, build_judge
@@ -101,7 +102,7 @@ def register(app: typer.Typer) -> None:
                 raise ValueError(f"--judge: unknown judge {judge!r}; available: {', '.join(available_judges())}")
             j = build_judge(judge, options)
         except (TableError, ValueError) as exc:
-            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
 
         show = len(inputs) > batch_size
@@ -114,7 +115,7 @@ def register(app: typer.Typer) -> None:
             try:
                 summary.metrics = label_metrics(rows, label_col, str(input), out_rows)
             except TableError as exc:
-                console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+                console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
                 raise typer.Exit(2) from None
         write_jsonl(output, out_rows)
 

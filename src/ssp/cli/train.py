@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from ssp.cli.common import config_from_cli, console, fail
 
@@ -32,10 +33,11 @@ def train(
     except (SeedError, TrainingError, ValueError) as e:
         fail(str(e))
     except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]; resume with: ssp train --output {output} --resume")
+        console.print(f"[yellow]interrupted[/]; resume with: ssp train --output {escape(str(output))} --resume")
         raise typer.Exit(130)
     console.print_json(json.dumps(summary))
-    console.print(f"run folder: [bold]{output}[/]  summary: [bold]{Path(output) / 'summary.json'}[/]")
+    summary_path = Path(output) / "summary.json"
+    console.print(f"run folder: [bold]{escape(str(output))}[/]  summary: [bold]{escape(str(summary_path))}[/]")
 
 
 def register(app: typer.Typer) -> None:

@@ -60,7 +60,7 @@ class StepResult:
 class _Attack:
     goal: Seed
     hint: StrategyHint | None
-    completion: Completion
+    completion: Completion | None  # None for a static (template) attack: nothing to train
     text: str | None
     gate_passed: bool = True
     outcome: Outcome | None = None
@@ -82,10 +82,23 @@ class SelfPlayGame:
         self.benign = benign
         self.hints = hints
         self.embedder = embedder
+        self.templates = []
+        if cfg.game.attacker == "static":
+            from ssp.eval.attacks import load_templates
+
+            self.templates = load_templates(cfg.game.static_templates)
+            if cfg.game.static_template_names:
+                unknown = set(cfg.game.static_template_names) - {t.name for t in self.templates}
+                if unknown:
+                    raise ValueError(f"game.static_template_names: unknown templates {sorted(unknown)}")
+                self.templates = [t for t in self.templates if t.name in cfg.game.static_template_names]
 
     # -- phases -------------------------------------------------------------------------------
     def _attack(self, goals: list[Seed], rng: random.Random) -> list[_Attack]:
         g = self.cfg.game
+        if g.attacker == "static":
+            return [_Attack(goal, None, None, rng.choice(self.templates).apply(goal.text))
+                    for goal in goals for _ in range(g.attacks_per_goal)]
         plan = [(goal, rng.choice(self.hints) if g.strategy_hints and self.hints else None)
                 for goal in goals for _ in range(g.attacks_per_goal)]
         if not plan:
@@ -145,7 +158,7 @@ class SelfPlayGame:
 
         result = self._score(step, attacks, jobs, answers, verdicts, replay)
         result.timings = timings
-        result.generated_tokens = sum(len(a.completion.completion_ids) for a in attacks) + sum(
+        result.generated_tokens = sum(len(a.completion.completion_ids) for a in attacks if a.completion) + sum(
             len(a.completion_ids) for a in answers)
         return result
 
@@ -235,6 +248,8 @@ class SelfPlayGame:
             attack_rewards.append(reward)
             by_goal.setdefault(id(a.goal), []).append((a, reward))
         for members in by_goal.values():
+            if members[0][0].completion is None:
+                continue  # static attacks: the Attacker does not learn
             advantages = group_advantages([rew for _a, rew in members], rl.adv_eps)
             total_groups += 1
             flat_groups += all(x == 0.0 for x in advantages)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 from dataclasses import dataclass
@@ -33,10 +34,12 @@ def load_seeds(spec: str, kind: str, column: str | None = None) -> list[Seed]:
         if not path.is_file():
             raise SeedError(f"{kind} seed file not found: {path}")
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # spreadsheet exports start with a BOM
         except UnicodeDecodeError as e:
-            line = path.read_bytes()[: e.start].count(b"\n") + 1
-            raise SeedError(f"{path}: line {line}: not valid UTF-8 (byte offset {e.start})") from None
+            data = path.read_bytes()
+            start = e.start + len(codecs.BOM_UTF8) * data.startswith(codecs.BOM_UTF8)  # offset counts after the BOM
+            line = data[:start].count(b"\n") + 1
+            raise SeedError(f"{path}: line {line}: not valid UTF-8 (byte offset {start})") from None
         suffix = path.suffix.lower()
         if suffix == ".csv":
             seeds = _parse_csv(text, path, column)
@@ -81,10 +84,13 @@ def _category(row: dict) -> str:
 
 def _parse_csv(text: str, path: Path, column: str | None) -> list[Seed]:
     reader = csv.DictReader(text.splitlines())
-    if not reader.fieldnames:
-        raise SeedError(f"{path}: empty CSV (no header row)")
-    col = _pick_column(list(reader.fieldnames), column, path)
-    return [Seed(row[col].strip(), _category(row)) for row in reader if (row.get(col) or "").strip()]
+    try:  # csv.Error: e.g. a field over the csv module's size limit
+        if not reader.fieldnames:
+            raise SeedError(f"{path}: empty CSV (no header row)")
+        col = _pick_column(list(reader.fieldnames), column, path)
+        return [Seed(row[col].strip(), _category(row)) for row in reader if (row.get(col) or "").strip()]
+    except csv.Error as e:  # reader.reader: DictReader.line_num is not updated for the failing row
+        raise SeedError(f"{path}: line {reader.reader.line_num}: {e}") from None
 
 
 def _parse_jsonl(text: str, path: Path, column: str | None) -> list[Seed]:
@@ -96,6 +102,8 @@ def _parse_jsonl(text: str, path: Path, column: str | None) -> list[Seed]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise SeedError(f"{path}: line {number}: invalid JSON ({e.msg})") from None
+        except RecursionError:
+            raise SeedError(f"{path}: line {number}: invalid JSON (nested too deeply)") from None
         if not isinstance(row, dict):
             raise SeedError(f"{path}: line {number}: expected a JSON object")
         col = _pick_column(list(row), column, path)

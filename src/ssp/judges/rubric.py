@@ -246,12 +246,15 @@ class EndpointClient:
                     try:
                         content = r.json()["choices"][0]["message"]["content"]
                     except (ValueError, KeyError, IndexError, TypeError):
-                        return None, "malformed response body (no choices[0].message.content)"
-                    return (content if isinstance(content, str) else ""), ""
-                error = f"HTTP {r.status_code}"
-                if r.status_code not in _RETRY_STATUS:
-                    return None, error
-                retry_after = r.headers.get("retry-after")
+                        # e.g. a gateway's error page: transient like a 502, so retried
+                        error = "malformed response body (no choices[0].message.content)"
+                    else:
+                        return (content if isinstance(content, str) else ""), ""
+                else:
+                    error = f"HTTP {r.status_code}"
+                    if r.status_code not in _RETRY_STATUS:
+                        return None, error
+                    retry_after = r.headers.get("retry-after")
             except httpx.TimeoutException:
                 error = f"timeout after {o.timeout_s:g}s"
             except httpx.TransportError as exc:

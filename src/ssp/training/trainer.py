@@ -19,7 +19,7 @@ import yaml
 
 from ssp.config import SSPConfig, dump_config
 from ssp.game.play import SelfPlayGame
-from ssp.game.prompts import load_strategy_hints
+from ssp.game.prompts import attacker_request, defender_request, load_strategy_hints, reflective_request
 from ssp.game.seeds import load_seeds
 from ssp.judges.base import build_judge
 from ssp.models.loader import load_policy, resolve_device
@@ -76,6 +76,16 @@ def _finite(x: float) -> float | None:
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
+class _LongestShots(random.Random):
+    """Worst case for `reflective_request`: it always gets the longest exemplars."""
+
+    def sample(self, population, k, **kwargs):
+        return sorted(population, key=lambda qa: len(qa[0]) + len(qa[1]), reverse=True)[:k]
+
+    def shuffle(self, x, *args, **kwargs):
+        pass
+
+
 class Trainer:
     def __init__(self, cfg: SSPConfig, run_dir: str | Path, resume: bool = False, progress: bool = True):
         self.cfg = cfg
@@ -124,6 +134,7 @@ class Trainer:
         if self.ranks.world > 1:
             engine, judge = ShardedEngine(engine, self.ranks), ShardedJudge(judge, self.ranks)
         self.game = SelfPlayGame(cfg, engine, judge, self.harmful, self.benign, load_strategy_hints(), embedder)
+        self._check_prompt_budget()
 
         self.start_step = 0
         pool_path = self.run_dir / POOL_FILE
@@ -152,6 +163,29 @@ class Trainer:
         if self.ranks.is_main:
             dump_config(cfg, self.run_dir / "config.yaml")
         self.accelerator.wait_for_everyone()
+
+    def _check_prompt_budget(self) -> None:
+        """Refuse at setup a prompt limit that some request cannot meet, rather than dying at a later step."""
+        cfg = self.cfg
+        limit = cfg.model.max_prompt_tokens
+        new_tokens = max(cfg.rollout.attacker.max_new_tokens, cfg.rollout.defender.max_new_tokens)
+        positions = getattr(self.policy.config, "max_position_embeddings", None)
+        if positions is not None and limit + new_tokens > positions:
+            raise TrainingError(f"model.max_prompt_tokens={limit} + max_new_tokens={new_tokens} exceeds the model's "
+                                f"{positions} positions; lower model.max_prompt_tokens or max_new_tokens")
+        goal = max((s.text for s in self.harmful), key=len)
+        hints = self.game.hints if cfg.game.strategy_hints else []
+        probes = [defender_request(goal)]
+        if cfg.game.attacker == "self":
+            probes.append(attacker_request(goal, max(hints, key=lambda h: len(h.text)) if hints else None))
+        if cfg.replay.mode != "none" and cfg.replay.reflect:
+            probes.append(reflective_request("x", "x", "x", _LongestShots()))
+        try:
+            for request in probes:
+                self.engine.encoder.encode(request)
+        except ValueError as e:
+            raise TrainingError(f"{e}; raise model.max_prompt_tokens (or set replay.reflect=false: the reflective "
+                                "replay context is the longest prompt)") from None
 
     def _step(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
