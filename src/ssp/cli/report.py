@@ -1,0 +1,66 @@
+"""`ssp report` (HTML report of a training run or an eval folder) and `ssp export-attacks` (red-team corpus)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from ssp.cli.common import console, fail
+
+
+def report(
+    run: Path = typer.Argument(..., help="a training run folder (`ssp train -o`) or an eval folder (`ssp eval -o`)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML file (default: RUN/report.html)"),
+    top: int = typer.Option(15, "--top", help="discovered attacks listed (training runs)"),
+) -> None:
+    """One self-contained HTML report: plots over steps, top discovered attacks (training) or results (eval)."""
+    from ssp.eval.report import build_eval_report, build_training_report
+
+    if not run.is_dir():
+        fail(f"{run}: not a folder")
+    output = output or run / "report.html"
+    if (run / "results.json").is_file():
+        results = json.loads((run / "results.json").read_text(encoding="utf-8"))
+        gen = run / "generations.jsonl"
+        records = [json.loads(x) for x in gen.read_text(encoding="utf-8").splitlines() if x.strip()] if gen.is_file() else []
+        html = build_eval_report(results, records)
+        kind = "evaluation"
+    elif (run / "metrics.jsonl").is_file() or (run / "pool.sqlite").is_file():
+        html = build_training_report(run, top_n=top)
+        kind = "training run"
+    else:
+        fail(f"{run}: neither a training run (metrics.jsonl) nor an eval folder (results.json)")
+        return
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(html, encoding="utf-8")
+    console.print(f"{kind} report: [bold]{escape(str(output))}[/] ({len(html) // 1024} KiB)", highlight=False)
+
+
+def export_attacks(
+    run: Path = typer.Argument(..., help="a training run folder, or an eval folder (generations.jsonl)"),
+    output: Path = typer.Option(..., "--output", "-o", help="JSONL file to write (statistics go to <stem>.stats.json)"),
+    include_direct: bool = typer.Option(False, "--include-direct", help="eval folders: also the `direct` prompts"),
+    no_embeddings: bool = typer.Option(False, "--no-embeddings", help="skip the embedding-distance diversity metric"),
+) -> None:
+    """Every attack that broke the Defender (goal, attack, step, score, response excerpt), deduplicated."""
+    from ssp.eval.corpus import export_attacks as export
+
+    if not run.is_dir():
+        fail(f"{run}: not a folder")
+    try:
+        stats = export(run, output, include_direct=include_direct, embed=not no_embeddings)
+    except FileNotFoundError as e:
+        fail(str(e))
+        return
+    console.print_json(json.dumps(stats))
+    console.print(f"{stats['attacks']} attack(s) written to [bold]{escape(str(output))}[/]; statistics in "
+                  f"{escape(str(output.with_name(output.stem + '.stats.json')))}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("report")(report)
+    app.command("export-attacks")(export_attacks)
