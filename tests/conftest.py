@@ -17,6 +17,17 @@ def tiny_cfg() -> SSPConfig:
     return load_config(REPO / "configs" / "tiny.yaml")
 
 
+@pytest.fixture
+def one_torch_thread():
+    """In-process training on one thread (2-core machines shared with other test runs); restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

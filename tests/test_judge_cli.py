@@ -115,7 +115,7 @@ def test_invalid_verdicts_are_counted(app, tmp_path) -> None:
 def test_parse_sets() -> None:
     assert parse_sets(["a=1", "b=true", "c=[x, y]", "d.e=0.5", "f=hello world", "g="]) == {
         "a": 1, "b": True, "c": ["x", "y"], "d": {"e": 0.5}, "f": "hello world", "g": ""}
-    with pytest.raises(ValueError, match="key=value"):
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
         parse_sets(["novalue"])
 
 

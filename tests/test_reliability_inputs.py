@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -34,12 +33,8 @@ CASES_TRIED: Counter = Counter()
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """In-process training on one thread (2-core machines shared with other test runs); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_torch_thread(one_torch_thread):
+    """One torch thread for every test here (see conftest)."""
 
 
 @pytest.fixture(scope="module", autouse=True)

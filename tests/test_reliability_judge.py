@@ -16,7 +16,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from ssp.cli import app
@@ -38,12 +37,8 @@ FIGURES: Counter = Counter()  # printed at the end of the module (copied into do
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """In-process training on one thread (2-core machines shared with other test runs); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_torch_thread(one_torch_thread):
+    """One torch thread for every test here (see conftest)."""
 
 
 def overrides(base_url: str, max_steps: int, **options) -> list[str]:

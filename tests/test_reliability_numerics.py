@@ -27,12 +27,8 @@ FAST = ["rollout.attacker.max_new_tokens=8", "rollout.defender.max_new_tokens=8"
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """In-process training on one thread (2-core machines shared with other test runs); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_torch_thread(one_torch_thread):
+    """One torch thread for every test here (see conftest)."""
 
 
 def rows(run):

@@ -1,6 +1,5 @@
 """HF rollouts on the tiny model: batching, left padding, n samples, prefill, truncation policy."""
 
-import torch
 
 from ssp.config import SamplingConfig
 from ssp.models.loader import load_policy

@@ -12,14 +12,12 @@ import pickle  # only to build a malicious file in a test; src/ must never impor
 import re
 import secrets
 import shutil
-import sqlite3
 import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from ssp.config import ModelConfig, TinyModelConfig, load_config
@@ -35,12 +33,8 @@ SAFE_SUFFIXES = {".safetensors", ".json", ".yaml", ".sqlite", ".md"}
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """In-process training on one thread (2-core machines shared with other test runs); restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _one_torch_thread(one_torch_thread):
+    """One torch thread for every test here (see conftest)."""
 
 
 def source_files() -> list[Path]:

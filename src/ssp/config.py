@@ -239,28 +239,29 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. run.max_steps=2")
-    key, raw = item.split("=", 1)
-    path = [p for p in key.strip().split(".") if p]
-    if not path:
-        raise ConfigError(f"override {item!r}: empty key")
-    try:
-        value = _safe_yaml(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return path, value
+def apply_overrides(tree: dict, pairs: list[str], what: str = "override") -> dict:
+    """Set each `a.b=c` in the nested mapping `tree` (values parsed as YAML, else kept as text); returns it.
 
-
-def _set_path(tree: dict, path: list[str], value: Any, item: str) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"override {item!r}: {part} is a value, not a section")
-        node = child
-    node[path[-1]] = value
+    Shared by `--set` in every command, so all overrides parse and fail the same way.
+    """
+    for item in pairs:
+        if "=" not in item:
+            raise ConfigError(f"{what} {item!r}: expected KEY=VALUE, e.g. run.max_steps=2")
+        key, raw = item.split("=", 1)
+        path = [p for p in key.strip().split(".") if p]
+        if not path:
+            raise ConfigError(f"{what} {item!r}: empty key")
+        try:
+            value = _safe_yaml(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{what} {item!r}: {part} is a value, not a section")
+        node[path[-1]] = value
+    return tree
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -288,10 +289,7 @@ def load_yaml(path: str | Path) -> dict:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SSPConfig:
     """Built-in defaults, then the YAML file, then each `a.b=c` override, validated together."""
-    tree: dict = load_yaml(path) if path else {}
-    for item in overrides or []:
-        keys, value = _parse_override(item)
-        _set_path(tree, keys, value, item)
+    tree: dict = apply_overrides(load_yaml(path) if path else {}, overrides or [])
     source = str(path) if path else "defaults"
     if overrides:
         source += " + overrides " + ", ".join(overrides)

@@ -16,35 +16,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ssp.cli.common import console, fail
+from ssp.config import apply_overrides
 
 
 def _kv(pairs: list[str] | None, what: str) -> dict[str, Any]:
     """['a=1', 'b.c=x'] -> {'a': 1, 'b': {'c': 'x'}}, values parsed as YAML."""
-    out: dict[str, Any] = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise ValueError(f"{what} {pair!r}: expected KEY=VALUE")
-        key, raw = pair.split("=", 1)
-        parts = [p for p in key.strip().split(".") if p]
-        if not parts:
-            raise ValueError(f"{what} {pair!r}: empty key")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"{what} {pair!r}: {part!r} is a value, not a section")
-        node[parts[-1]] = value
-    return out
+    return apply_overrides({}, pairs or [], what)
 
 
 def _benchmark_options(pairs: list[str] | None) -> dict[str, dict[str, str]]:

@@ -14,29 +14,12 @@ from typing import Any, Optional
 import typer
 import yaml
 
+from ssp.config import apply_overrides
+
 
 def parse_sets(pairs: list[str]) -> dict[str, Any]:
     """['a=1', 'b.c=[x, y]'] -> {'a': 1, 'b': {'c': ['x', 'y']}}; values are parsed as YAML."""
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--set {pair!r}: expected key=value")
-        key, raw = pair.split("=", 1)
-        key = key.strip()
-        if not key or any(not part for part in key.split(".")):
-            raise ValueError(f"--set {pair!r}: empty key")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {pair!r}: {part!r} is already a value, not a mapping")
-        node[parts[-1]] = value
-    return out
+    return apply_overrides({}, pairs, "--set")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
