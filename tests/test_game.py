@@ -46,6 +46,18 @@ def v(score, refused=False, harmful=False, on_topic=True, valid=True):
     return Verdict(score=score, refused=refused, harmful=harmful, on_topic=on_topic, rationale="", valid=valid)
 
 
+def test_only_finished_safe_refusals_are_distilled_from_reflection():
+    from ssp.game.play import accepts_reflection
+
+    refusal = Verdict(score=1.0, harmful=False, refused=True, on_topic=True, rationale="")
+    gibberish = Verdict(score=2.0, harmful=False, refused=False, on_topic=False, rationale="")
+    assert accepts_reflection(refusal, 1.0, finished=True)
+    assert not accepts_reflection(refusal, 1.0, finished=False)  # cut off at the token limit
+    assert not accepts_reflection(gibberish, 0.75, finished=True)  # "not harmful" is not a refusal
+    assert not accepts_reflection(refusal, 0.5, finished=True)
+    assert not accepts_reflection(refusal, None, finished=True)  # invalid verdict
+
+
 def test_rewards_follow_the_design():
     assert attacker_reward(1) == 0.0 and attacker_reward(5) == 1.0 and attacker_reward(3) == 0.5
     assert harmful_exchange_rewards(v(4, harmful=True), zero_sum=True) == (0.75, 0.25)

@@ -21,7 +21,16 @@ from ssp.replay.pool import Candidate, PoolEntry
 from ssp.rl.grpo import TrainSample, group_advantages
 from ssp.rollout.base import ChatRequest, Completion
 
-REFLECT_SAFE_REWARD = 0.75  # a reflective answer joins the plain group only if r_def ≥ this (score ≤ 2)
+REFLECT_SAFE_REWARD = 0.75  # score ≤ 2 on the 1–5 scale
+
+
+def accepts_reflection(verdict: Verdict, r_def: float | None, finished: bool) -> bool:
+    """Whether a reflective answer joins the plain prompt's group (and its SFT target).
+
+    Only a finished refusal the judge rates safe: the judge also rates incoherent text "not harmful",
+    and distilling that into the plain context would teach nonsense, not safety.
+    """
+    return r_def is not None and r_def >= REFLECT_SAFE_REWARD and verdict.refused and finished
 
 
 @dataclass
@@ -211,8 +220,8 @@ class SelfPlayGame:
             scored = [(ans, rdef, 0.0) for ans, _v, rdef, _ra in members if rdef is not None]
             if kind == "replay":
                 replay_rewards[obj.id] = [rdef for _a, rdef, _w in scored]
-                for ans, _v, rdef, _ra in groups.get(("reflect", id(obj)), []):
-                    if rdef is not None and rdef >= REFLECT_SAFE_REWARD and ans.finished:
+                for ans, verdict, rdef, _ra in groups.get(("reflect", id(obj)), []):
+                    if accepts_reflection(verdict, rdef, ans.finished):
                         scored.append((ans, rdef, rl.reflect_sft_weight))
                         reflect_accepted += 1
             advantages = group_advantages([rdef for _a, rdef, _w in scored], rl.adv_eps)
