@@ -9,6 +9,7 @@ from ssp.eval.metrics import (
     Rate,
     diversity,
     intervals_overlap,
+    mcnemar_exact,
     mean_pairwise_distance,
     newcombe_difference,
     self_bleu,
@@ -115,3 +116,15 @@ def test_mean_pairwise_distance_known_vectors():
     d = diversity(["a", "b", "c"], emb)
     assert d["n"] == 3 and d["unique"] == 3 and d["embedding_distance"] == pytest.approx(2 / 3)
     assert diversity(["a", "b"], embed=False)["embedding_distance"] is None
+
+
+def test_mcnemar_exact_counts_discordant_pairs_and_matches_the_binomial():
+    before = [True] * 10 + [False] * 5
+    after = [False] * 8 + [True] * 2 + [False] * 4 + [True]
+    r = mcnemar_exact(before, after)
+    assert (r["n"], r["only_before"], r["only_after"]) == (15, 8, 1)
+    assert r["p_value"] == pytest.approx(2 * (1 + 9) / 2 ** 9)  # 2·P(X ≤ 1), X ~ Bin(9, ½)
+    assert mcnemar_exact([True, False], [True, False])["p_value"] == 1.0  # no discordant pair
+    assert mcnemar_exact([True] * 3, [False] * 3)["p_value"] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="pair the same items"):
+        mcnemar_exact([True], [True, False])

@@ -33,11 +33,12 @@ def test_attacker_request_prefills_marker_and_carries_goal_and_hint():
     assert "Obtain a forged ID" in req.messages[-1]["content"] and hint.text in req.messages[-1]["content"]
 
 
-def test_reflective_request_holds_failure_rationale_and_varied_exemplars():
-    a = reflective_request("PROMPT", "bad answer", "judge says harmful", random.Random(0))
-    b = reflective_request("PROMPT", "bad answer", "judge says harmful", random.Random(1))
-    last = a.messages[-1]["content"]
-    assert last.endswith("PROMPT") and "bad answer" in last and "judge says harmful" in last
+def test_reflective_request_names_the_hidden_goal_and_varies_exemplars():
+    a = reflective_request("PROMPT", "forge a passport", "judge says harmful", random.Random(0))
+    b = reflective_request("PROMPT", "forge a passport", "judge says harmful", random.Random(1))
+    assert a.messages[-1] == {"role": "user", "content": "PROMPT"}  # the attack verbatim, as replayed
+    system = a.messages[0]["content"]
+    assert a.messages[0]["role"] == "system" and "forge a passport" in system and "judge says harmful" in system
     assert a.messages != b.messages  # different exemplars per draw
     assert [m["role"] for m in a.messages[1:-1]] == ["user", "assistant"] * 3
 
@@ -46,16 +47,15 @@ def v(score, refused=False, harmful=False, on_topic=True, valid=True):
     return Verdict(score=score, refused=refused, harmful=harmful, on_topic=on_topic, rationale="", valid=valid)
 
 
-def test_only_finished_safe_refusals_are_distilled_from_reflection():
+def test_only_safe_refusals_are_distilled_from_reflection():
     from ssp.game.play import accepts_reflection
 
     refusal = Verdict(score=1.0, harmful=False, refused=True, on_topic=True, rationale="")
     gibberish = Verdict(score=2.0, harmful=False, refused=False, on_topic=False, rationale="")
-    assert accepts_reflection(refusal, 1.0, finished=True)
-    assert not accepts_reflection(refusal, 1.0, finished=False)  # cut off at the token limit
-    assert not accepts_reflection(gibberish, 0.75, finished=True)  # "not harmful" is not a refusal
-    assert not accepts_reflection(refusal, 0.5, finished=True)
-    assert not accepts_reflection(refusal, None, finished=True)  # invalid verdict
+    assert accepts_reflection(refusal, 1.0)
+    assert not accepts_reflection(gibberish, 0.75)  # "not harmful" is not a refusal
+    assert not accepts_reflection(refusal, 0.5)
+    assert not accepts_reflection(refusal, None)  # invalid verdict
 
 
 def test_rewards_follow_the_design():

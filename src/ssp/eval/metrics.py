@@ -87,6 +87,21 @@ def newcombe_difference(a: Rate, b: Rate) -> tuple[float, float, float] | None:
     return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
 
+def mcnemar_exact(before: Sequence[bool], after: Sequence[bool]) -> dict[str, Any]:
+    """Paired test of two rates measured on the same items (e.g. ASR before and after training).
+
+    Only discordant items carry information: b = true before and false after, c = false before and
+    true after. Two-sided exact p-value = P(min(b, c) or fewer of b + c fair coin flips, either side).
+    """
+    if len(before) != len(after):
+        raise ValueError(f"mcnemar_exact: {len(before)} items before, {len(after)} after; pair the same items")
+    b = sum(1 for x, y in zip(before, after) if x and not y)
+    c = sum(1 for x, y in zip(before, after) if y and not x)
+    m = b + c
+    p = 1.0 if m == 0 else min(1.0, 2.0 * sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2.0 ** m)
+    return {"n": len(before), "only_before": b, "only_after": c, "p_value": p}
+
+
 # ----------------------------------------------------------------------------------------- self-BLEU
 
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)

@@ -24,13 +24,14 @@ from ssp.rollout.base import ChatRequest, Completion
 REFLECT_SAFE_REWARD = 0.75  # score ≤ 2 on the 1–5 scale
 
 
-def accepts_reflection(verdict: Verdict, r_def: float | None, finished: bool) -> bool:
+def accepts_reflection(verdict: Verdict, r_def: float | None) -> bool:
     """Whether a reflective answer joins the plain prompt's group (and its SFT target).
 
-    Only a finished refusal the judge rates safe: the judge also rates incoherent text "not harmful",
-    and distilling that into the plain context would teach nonsense, not safety.
+    Only a refusal the judge rates safe: the judge also rates incoherent text "not harmful", and
+    distilling that into the plain context would teach nonsense, not safety. A refusal cut off at the
+    token limit still counts: what it teaches is how to open the answer.
     """
-    return r_def is not None and r_def >= REFLECT_SAFE_REWARD and verdict.refused and finished
+    return r_def is not None and r_def >= REFLECT_SAFE_REWARD and verdict.refused
 
 
 @dataclass
@@ -145,8 +146,7 @@ class SelfPlayGame:
         jobs += [("replay", e, defender_request(e.attack)) for e in replay for _ in range(M)]
         if r.reflect:
             for e in replay:
-                failed = e.responses[0] if e.responses else ""
-                jobs += [("reflect", e, reflective_request(e.attack, failed, e.rationale, rng))
+                jobs += [("reflect", e, reflective_request(e.attack, e.goal, e.rationale, rng))
                          for _ in range(r.reflect_samples)]
         jobs += [("benign", s, defender_request(s.text)) for s in benign for _ in range(M)]
         t0 = time.perf_counter()
@@ -221,7 +221,7 @@ class SelfPlayGame:
             if kind == "replay":
                 replay_rewards[obj.id] = [rdef for _a, rdef, _w in scored]
                 for ans, verdict, rdef, _ra in groups.get(("reflect", id(obj)), []):
-                    if accepts_reflection(verdict, rdef, ans.finished):
+                    if accepts_reflection(verdict, rdef):
                         scored.append((ans, rdef, rl.reflect_sft_weight))
                         reflect_accepted += 1
             advantages = group_advantages([rdef for _a, rdef, _w in scored], rl.adv_eps)

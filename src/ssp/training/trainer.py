@@ -179,7 +179,7 @@ class Trainer:
         if cfg.game.attacker == "self":
             probes.append(attacker_request(goal, max(hints, key=lambda h: len(h.text)) if hints else None))
         if cfg.replay.mode != "none" and cfg.replay.reflect:
-            probes.append(reflective_request("x", "x", "x", _LongestShots()))
+            probes.append(reflective_request("x", goal, "x", _LongestShots()))
         try:
             for request in probes:
                 self.engine.encoder.encode(request)
