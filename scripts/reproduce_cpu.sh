@@ -58,6 +58,6 @@ for name in "${names[@]}"; do
 done
 wait
 collected=()
-for name in "${names[@]}"; do collected+=("$name=$OUT/eval-$name"); done
+for name in "${names[@]}"; do collected+=("$name=$OUT/eval-$name:$OUT/train-$name"); done
 .venv/bin/python scripts/cpu_results.py docs/results/cpu-small.json "${collected[@]}"
 "$SSP" compare "$OUT"/eval-* || true
