@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The CPU experiment (docs/results.md): train each variant on the embedded default model, evaluate it
 # on held-out data, and collect the table into docs/results/cpu-small.json.
-#   LIMIT=50 VARIANTS="ucb none uniform static" PARALLEL=2 scripts/reproduce_cpu.sh
+#   LIMIT=50 VARIANTS="ucb none uniform static" SEEDS="0" PARALLEL=2 scripts/reproduce_cpu.sh
+# SEEDS="0 1" trains every variant once per seed (run.seed); seed 0 is named VARIANT, others VARIANT-seedN.
 # Held out from training: HarmBench standard behaviours, XSTest safe prompts, ../shared/data benign
 # instructions (training uses the package's own seeds). The static baseline trains on three templates
 # that the template attack does not use. Every variant uses configs/cpu-small.yaml's budget
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
 LIMIT=${LIMIT:-50}
 VARIANTS=${VARIANTS:-"ucb none uniform static"}
+SEEDS=${SEEDS:-0}
 PARALLEL=${PARALLEL:-1}
 OUT=${OUT:-runs/cpu-experiment}
 SSP=${SSP:-.venv/bin/ssp}
@@ -33,13 +35,15 @@ evaluate() {  # evaluate NAME [ssp eval options...]
     --limit "$LIMIT" --threads "$THREADS" --quiet --output "$OUT/eval-$name"
 }
 
-variant() {  # train and evaluate one variant; its log goes to $OUT/VARIANT.log
-  local name=$1 extra
-  case $name in
-    ucb|none|uniform|priority) extra=(--set "replay.mode=$name") ;;
+variant() {  # train and evaluate one variant (NAME or NAME-seedN); its log goes to $OUT/NAME.log
+  local name=$1 kind=${1%-seed*} seed=0 extra
+  [[ $name == *-seed* ]] && seed=${name##*-seed}
+  case $kind in
+    ucb|none|uniform|priority) extra=(--set "replay.mode=$kind") ;;
     static) extra=(--set game.attacker=static --set "game.static_template_names=$STATIC_TEMPLATES") ;;
     *) echo "unknown variant $name" >&2; return 2 ;;
   esac
+  extra+=(--set "run.seed=$seed")
   [[ -n ${STEPS:-} ]] && extra+=(--set "run.max_steps=$STEPS")
   local resume=()
   [[ -f $OUT/train-$name/config.yaml ]] && resume=(--resume)
@@ -48,7 +52,10 @@ variant() {  # train and evaluate one variant; its log goes to $OUT/VARIANT.log
   evaluate "$name" --adapter "$OUT/train-$name"
 }
 
-names=(base $VARIANTS)
+names=(base)
+for v in $VARIANTS; do for s in $SEEDS; do
+  if [[ $s == 0 ]]; then names+=("$v"); else names+=("$v-seed$s"); fi
+done; done
 run_one() { if [[ $1 == base ]]; then evaluate base; else variant "$1"; fi > "$OUT/$1.log" 2>&1; }
 running=0
 for name in "${names[@]}"; do
