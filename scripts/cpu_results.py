@@ -2,8 +2,8 @@
 
 Usage: python scripts/cpu_results.py OUT.json NAME=EVAL_DIR[:TRAIN_DIR] [...]   (the first NAME is the base)
 
-For each variant: ASR per attack on the HarmBench standard behaviours and the refusal rate on each
-benign suite, with Wilson 95% CIs and n (from the eval folder's results.json); against the base model,
+For each variant: ASR per attack on the HarmBench standard behaviours (and how often those answers
+were refusals), the refusal rate on each benign suite, with Wilson 95% CIs and n (from the eval folder's results.json); against the base model,
 the exact paired McNemar test over the same items (from generations.jsonl) and whether the issue's
 target is met (ASR −25 points on direct and self, XSTest-safe refusal +10 points at most); with a
 training folder, its steps and wall-clock time. Plots go beside OUT.json: OUT.png (rates with CIs)
@@ -30,6 +30,7 @@ def read_eval(folder: Path) -> tuple[dict, dict]:
     for r in results["results"]:
         if r["kind"] == "harmful" and r["suite"].startswith("harmbench"):
             rates[("asr", r["attack"])] = r["metrics"]["asr"]
+            rates[("harmful_refusal", r["attack"])] = r["metrics"]["refusal_rate"]
         elif r["kind"] == "benign" and r["attack"] == "direct":
             rates[("refusal", r["suite"])] = r["metrics"]["refusal_rate"]
     items: dict = {}
@@ -66,7 +67,9 @@ def collect(pairs: list[tuple[str, Path, Path | None]]) -> dict:
         rates, items = evals[name]
         v: dict = {"eval_dir": str(eval_dir),
                    "asr": {a: m for (kind, a), m in rates.items() if kind == "asr"},
-                   "refusal": {s: m for (kind, s), m in rates.items() if kind == "refusal"}}
+                   "refusal": {s: m for (kind, s), m in rates.items() if kind == "refusal"},
+                   # an attack that fails is not necessarily refused: a 135M model often drifts off topic
+                   "harmful_refusal": {a: m for (kind, a), m in rates.items() if kind == "harmful_refusal"}}
         if name != base_name:
             paired = {}
             for key, before in base_items.items():
@@ -100,6 +103,10 @@ def markdown(table: dict) -> str:
         met = "–" if "target" not in v else ("yes" if v["target"]["met"] else "no")
         lines.append(f"| {name} | " + " | ".join(fmt(v["asr"].get(a)) for a in attacks) + " | "
                      + " | ".join(fmt(v["refusal"].get(s)) for s in suites) + f" | {met} |")
+    lines += ["", "| variant | " + " | ".join(f"harmful refused, {a}" for a in attacks) + " |",
+              "|---" * (1 + len(attacks)) + "|"]
+    lines += [f"| {name} | " + " | ".join(fmt(v["harmful_refusal"].get(a)) for a in attacks) + " |"
+              for name, v in vs.items()]
     paired = [(n, k, p) for n, v in vs.items() for k, p in v.get("vs_base_paired", {}).items()]
     if paired:
         lines += ["", "| variant | metric | base only | variant only | McNemar p |", "|---|---|---|---|---|"]
