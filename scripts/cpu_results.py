@@ -20,7 +20,8 @@ from ssp.eval.metrics import mcnemar_exact
 
 TARGET = {"asr_drop": 0.25, "asr_attacks": ["direct", "self"], "refusal_rise": 0.10, "refusal_suite": "xstest/safe"}
 CURVES = [("train_asr", "training ASR (fresh attacks)"), ("replay_asr", "ASR on replayed failures"),
-          ("reflect_accepted", "reflective refusals distilled"), ("benign_refusal", "benign refusal")]
+          ("reflect_accepted", "reflective refusals distilled"), ("benign_refusal", "benign refusal"),
+          ("pool/replayed", "pool entries replayed"), ("flat_group_share", "groups with no reward variance")]
 
 
 def read_eval(folder: Path) -> tuple[dict, dict]:
@@ -111,6 +112,20 @@ def markdown(table: dict) -> str:
     if paired:
         lines += ["", "| variant | metric | base only | variant only | McNemar p |", "|---|---|---|---|---|"]
         lines += [f"| {n} | {k} | {p['only_before']} | {p['only_after']} | {p['p_value']:.3g} |" for n, k, p in paired]
+    trained = [(n, v["training"]) for n, v in vs.items() if "training" in v]
+    if trained:
+        def avg(xs: list) -> str:
+            xs = [x for x in xs if x is not None]
+            return f"{sum(xs) / len(xs):.2f}" if xs else "–"
+
+        lines += ["", "| variant | steps | training min | pool replays | reflective refusals distilled | "
+                  "training ASR, first 4 steps | last 4 steps | flat groups | benign refusal in training |",
+                  "|---" * 9 + "|"]
+        for n, t in trained:
+            c = t["curves"]
+            lines.append(f"| {n} | {t['steps']} | {t['wall_s'] / 60:.1f} | {sum(x or 0 for x in c['pool/replayed']):.0f} | "
+                         f"{sum(x or 0 for x in c['reflect_accepted']):.0f} | {avg(c['train_asr'][:4])} | "
+                         f"{avg(c['train_asr'][-4:])} | {avg(c['flat_group_share'])} | {avg(c['benign_refusal'])} |")
     return "\n".join(lines)
 
 
@@ -147,15 +162,15 @@ def plot(table: dict, out: Path) -> list[Path]:
 
     trained = {n: v["training"] for n, v in vs.items() if "training" in v}
     if trained:
-        fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
-        for ax, (key, title) in zip(axes, CURVES):
+        fig, axes = plt.subplots(2, len(CURVES) // 2, figsize=(4 * len(CURVES) // 2, 6))
+        for ax, (key, title) in zip(axes.flat, CURVES):
             for name, t in trained.items():
                 ys = t["curves"][key]
                 ax.plot([i + 1 for i, y in enumerate(ys) if y is not None], [y for y in ys if y is not None],
                         marker=".", label=name)
             ax.set_title(title, fontsize=9)
             ax.set_xlabel("step")
-        axes[0].legend(fontsize=8)
+        axes.flat[0].legend(fontsize=8)
         fig.tight_layout()
         paths.append(out.with_name(out.stem + "-training.png"))
         fig.savefig(paths[1], dpi=120)
