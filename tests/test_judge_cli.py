@@ -97,7 +97,7 @@ def test_errors_name_the_file_and_column(app, tmp_path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a", "response": "b"}\n{not json\n')
     r = _run(app, "--input", str(bad), "--output", str(out))
-    assert r.exit_code == 2 and "bad.jsonl:2: invalid JSON" in r.output
+    assert r.exit_code == 2 and "bad.jsonl: line 2: invalid JSON" in r.output
     assert not out.exists()
 
 

@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("judge")
     def judge_cmd(
-        input: Path = typer.Option(..., "--input", "-i", help="CSV/TSV or JSONL/JSON file of exchanges."),
+        input: Path = typer.Option(..., "--input", "-i", help="CSV/TSV, JSONL/JSON or Parquet file of exchanges."),
         judge: str = typer.Option("heuristic", "--judge", "-j",
                                   help="Judge name: heuristic, llama_guard, wildguard, harmbench_classifier, "
                                        "openai_rubric, strongreject, ensemble, ..."),

@@ -18,8 +18,6 @@ over-refusal is measured).
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 import re
 from collections.abc import Callable, Iterable
@@ -27,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ssp.records import TABLE_SUFFIXES, RecordsError, read_records
+
 Kind = Literal["harmful", "benign"]
-DATA_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json", ".parquet", ".txt")
+DATA_SUFFIXES = (*TABLE_SUFFIXES, ".txt")
 
 PROMPT_COLUMNS = ("prompt", "behavior", "goal", "forbidden_prompt", "instruction", "question", "text")
 CATEGORY_COLUMNS = ("semanticcategory", "category", "type")
@@ -236,48 +236,11 @@ def is_local_source(source: str) -> bool:
 
 
 def read_local_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a CSV/TSV/JSONL/JSON/Parquet/TXT file as dicts (TXT: one `prompt` per line)."""
-    if not path.is_file():
-        raise BenchmarkError(f"benchmark file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pandas as pd
-
-        return pd.read_parquet(path).to_dict(orient="records")
+    """Rows of a local benchmark file (any format `ssp.records` reads; TXT: one `prompt` per line)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise BenchmarkError(f"{path}: not valid UTF-8 (byte {e.start})") from None
-    if suffix in (".csv", ".tsv"):
-        reader = csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ",")
-        if not reader.fieldnames:
-            raise BenchmarkError(f"{path}: empty CSV (no header row)")
-        return [dict(r) for r in reader]
-    if suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise BenchmarkError(f"{path}: line {number}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise BenchmarkError(f"{path}: line {number}: expected a JSON object")
-            rows.append(row)
-        return rows
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise BenchmarkError(f"{path}: invalid JSON ({e.msg}, line {e.lineno})") from None
-        if isinstance(data, dict):  # {"data": [...]} or {"split": [...]}
-            lists = [v for v in data.values() if isinstance(v, list)]
-            data = lists[0] if len(lists) == 1 else None
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise BenchmarkError(f"{path}: expected a JSON list of objects")
-        return data
-    return [{"prompt": line.strip()} for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        return read_records(path)
+    except RecordsError as e:
+        raise BenchmarkError(str(e)) from None
 
 
 def load_hf_rows(dataset_id: str, config: str | None, split: str, revision: str | None = None) -> list[dict[str, Any]]:

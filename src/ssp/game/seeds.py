@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import codecs
-import csv
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+from ssp.records import RecordsError, read_located, read_text
 
 BUILTIN = {"harmful": "harmful_goals.txt", "benign": "benign_instructions.txt"}
 DEFAULT_COLUMNS = ("goal", "behavior", "Behavior", "instruction", "prompt", "text")
@@ -34,19 +33,12 @@ def load_seeds(spec: str, kind: str, column: str | None = None) -> list[Seed]:
         if not path.is_file():
             raise SeedError(f"{kind} seed file not found: {path}")
         try:
-            text = path.read_text(encoding="utf-8-sig")  # spreadsheet exports start with a BOM
-        except UnicodeDecodeError as e:
-            data = path.read_bytes()
-            start = e.start + len(codecs.BOM_UTF8) * data.startswith(codecs.BOM_UTF8)  # offset counts after the BOM
-            line = data[:start].count(b"\n") + 1
-            raise SeedError(f"{path}: line {line}: not valid UTF-8 (byte offset {start})") from None
-        suffix = path.suffix.lower()
-        if suffix == ".csv":
-            seeds = _parse_csv(text, path, column)
-        elif suffix in (".jsonl", ".json"):
-            seeds = _parse_jsonl(text, path, column)
-        else:
-            seeds = _parse_text(text, str(path))
+            if path.suffix.lower() in (".csv", ".jsonl", ".json"):  # any other file is seed text (category<TAB>text)
+                seeds = _parse_records(read_located(path), path, column)
+            else:
+                seeds = _parse_text(read_text(path), str(path))
+        except RecordsError as e:
+            raise SeedError(str(e)) from None
         source = str(path)
     if not seeds:
         raise SeedError(f"{source}: no {kind} seeds found (file is empty or all lines are comments)")
@@ -82,34 +74,13 @@ def _category(row: dict) -> str:
     return ""
 
 
-def _parse_csv(text: str, path: Path, column: str | None) -> list[Seed]:
-    reader = csv.DictReader(text.splitlines())
-    try:  # csv.Error: e.g. a field over the csv module's size limit
-        if not reader.fieldnames:
-            raise SeedError(f"{path}: empty CSV (no header row)")
-        col = _pick_column(list(reader.fieldnames), column, path)
-        return [Seed(row[col].strip(), _category(row)) for row in reader if (row.get(col) or "").strip()]
-    except csv.Error as e:  # reader.reader: DictReader.line_num is not updated for the failing row
-        raise SeedError(f"{path}: line {reader.reader.line_num}: {e}") from None
-
-
-def _parse_jsonl(text: str, path: Path, column: str | None) -> list[Seed]:
+def _parse_records(rows: list[tuple[str, dict]], path: Path, column: str | None) -> list[Seed]:
     seeds = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise SeedError(f"{path}: line {number}: invalid JSON ({e.msg})") from None
-        except RecursionError:
-            raise SeedError(f"{path}: line {number}: invalid JSON (nested too deeply)") from None
-        if not isinstance(row, dict):
-            raise SeedError(f"{path}: line {number}: expected a JSON object")
-        col = _pick_column(list(row), column, path)
+    for where, row in rows:
+        col = _pick_column([k for k in row if k is not None], column, path)  # None: a CSV row's extra cells
         value = row.get(col)
         if not isinstance(value, str):
-            raise SeedError(f"{path}: line {number}: column {col!r} is not text")
+            raise SeedError(f"{path}: {where}: column {col!r} is not text")
         if value.strip():
             seeds.append(Seed(value.strip(), _category(row)))
     return seeds

@@ -1,4 +1,4 @@
-"""Judging a table of exchanges (CSV or JSONL): the library side of `ssp judge`.
+"""Judging a table of exchanges (CSV, JSONL, JSON or Parquet): the library side of `ssp judge`.
 
 Input rows need a prompt and a response column (names configurable); the goal column is optional
 and defaults to the prompt. Output rows keep every input column and add the verdict's fields.
@@ -7,7 +7,6 @@ Errors name the file, the line and the column.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from typing import Any, Callable, Iterable
 
 from ssp.judges.base import Judge, JudgeInput, Verdict
 from ssp.judges.metrics import refusal_metrics
+from ssp.records import TABLE_SUFFIXES, RecordsError, read_records
 
 #: Columns added to each output row.
 VERDICT_COLUMNS = ("refused", "harmful", "score", "valid", "rationale", "on_topic")
@@ -26,44 +26,14 @@ class TableError(ValueError):
 
 
 def read_table(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a .csv/.tsv file or a .jsonl/.json file (one object per line, or a JSON list)."""
+    """Rows of a .csv/.tsv, .jsonl/.ndjson, .json or .parquet file (see `ssp.records.read_located`)."""
     p = Path(path)
-    if not p.exists():
-        raise TableError(f"{p}: file not found")
-    if not p.is_file():
-        raise TableError(f"{p}: not a file")
-    suffix = p.suffix.lower()
+    if p.suffix.lower() not in TABLE_SUFFIXES:  # a text file has prompts only, no responses to judge
+        raise TableError(f"{p}: unsupported file type {p.suffix.lower()!r} (use {', '.join(TABLE_SUFFIXES)})")
     try:
-        if suffix in {".csv", ".tsv"}:
-            with p.open(newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
-                if not reader.fieldnames:
-                    raise TableError(f"{p}: empty CSV (no header row)")
-                return [dict(r) for r in reader]
-        if suffix in {".jsonl", ".json", ".ndjson"}:
-            text = p.read_text(encoding="utf-8")
-            if suffix == ".json" and text.lstrip().startswith("["):
-                data = json.loads(text)
-                if not all(isinstance(r, dict) for r in data):
-                    raise TableError(f"{p}: a JSON list must hold objects")
-                return data
-            rows = []
-            for n, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise TableError(f"{p}:{n}: invalid JSON ({exc.msg})") from None
-                if not isinstance(obj, dict):
-                    raise TableError(f"{p}:{n}: expected a JSON object, got {type(obj).__name__}")
-                rows.append(obj)
-            return rows
-    except UnicodeDecodeError as exc:
-        raise TableError(f"{p}: not UTF-8 text ({exc.reason})") from None
-    except csv.Error as exc:
-        raise TableError(f"{p}: CSV error: {exc}") from None
-    raise TableError(f"{p}: unsupported file type {suffix!r} (use .csv, .tsv, .jsonl or .json)")
+        return read_records(p)
+    except RecordsError as exc:
+        raise TableError(str(exc)) from None
 
 
 def _text(value: Any) -> str:
