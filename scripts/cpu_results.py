@@ -138,7 +138,7 @@ def plot(table: dict, out: Path) -> list[Path]:
     vs = table["variants"]
     metrics = [("asr", a) for a in sorted({a for v in vs.values() for a in v["asr"]})] + \
               [("refusal", s) for s in sorted({s for v in vs.values() for s in v["refusal"]})]
-    fig, ax = plt.subplots(figsize=(1.6 * len(metrics) * max(1, len(vs)) / 2 + 2, 4))
+    fig, ax = plt.subplots(figsize=(min(16.0, 2 + 0.35 * len(metrics) * len(vs)), 4.5))
     width = 0.8 / len(vs)
     for i, (name, v) in enumerate(vs.items()):
         xs, ys, lo, hi = [], [], [], []
@@ -153,7 +153,7 @@ def plot(table: dict, out: Path) -> list[Path]:
     ax.set_xticks(range(len(metrics)), [f"ASR\n{k}" if kind == "asr" else f"refusal\n{k}" for kind, k in metrics])
     ax.set_ylabel("% (Wilson 95% CI)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, ncol=len(vs))
+    ax.legend(fontsize=8, ncol=2, loc="center right")
     ax.set_title("Held-out evaluation (HarmBench standard; XSTest safe, benign instructions)")
     fig.tight_layout()
     paths = [out.with_suffix(".png")]

@@ -67,4 +67,4 @@ wait
 collected=()
 for name in "${names[@]}"; do collected+=("$name=$OUT/eval-$name:$OUT/train-$name"); done
 .venv/bin/python scripts/cpu_results.py docs/results/cpu-small.json "${collected[@]}"
-"$SSP" compare "$OUT"/eval-* || true
+"$SSP" compare "$OUT"/eval-* --output "$OUT/compare.md" || true
