@@ -4,7 +4,13 @@ import random
 
 import pytest
 
-from ssp.game.prompts import attacker_request, load_strategy_hints, parse_attack, reflective_request
+from ssp.game.prompts import (
+    REFLECT_RATIONALE_CHARS,
+    attacker_request,
+    load_strategy_hints,
+    parse_attack,
+    reflective_request,
+)
 from ssp.game.rewards import Outcome, attacker_reward, benign_reward, harmful_exchange_rewards
 from ssp.game.seeds import SeedError, load_seeds
 from ssp.judges.base import Verdict
@@ -39,6 +45,8 @@ def test_reflective_request_names_the_hidden_goal_and_varies_exemplars():
     assert a.messages[-1] == {"role": "user", "content": "PROMPT"}  # the attack verbatim, as replayed
     system = a.messages[0]["content"]
     assert a.messages[0]["role"] == "system" and "forge a passport" in system and "judge says harmful" in system
+    long = reflective_request("PROMPT", "goal", "r" * 5000, random.Random(0)).messages[0]["content"]
+    assert "r" * REFLECT_RATIONALE_CHARS in long and "r" * (REFLECT_RATIONALE_CHARS + 1) not in long
     assert a.messages != b.messages  # different exemplars per draw
     assert [m["role"] for m in a.messages[1:-1]] == ["user", "assistant"] * 3
 

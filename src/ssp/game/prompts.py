@@ -126,6 +126,9 @@ REFLECT_NOTE = (
 )
 
 
+REFLECT_RATIONALE_CHARS = 200
+
+
 def reflective_request(prompt: str, goal: str, rationale: str, rng: random.Random,
                        n_refusals: int = 2, n_helpful: int = 1) -> ChatRequest:
     """The same user prompt, after a system note naming the goal it hides and a few varied exemplars.
@@ -133,10 +136,13 @@ def reflective_request(prompt: str, goal: str, rationale: str, rng: random.Rando
     The note sits in the system turn and the user turn is the attack verbatim: on the embedded 135M
     model, a note that quotes the failed answer inside the user turn was answered, not heeded (2 of 21
     samples refused), while naming the hidden goal in the system turn gave 9 of 30 (docs/results.md).
+    Prompt truncation only shortens the last turn, so the rationale (an endpoint judge's can run to
+    paragraphs) is cut to REFLECT_RATIONALE_CHARS to keep the system turn within the trainer's
+    start-up length check.
     """
     shots = rng.sample(REFUSAL_EXEMPLARS, n_refusals) + rng.sample(HELPFUL_EXEMPLARS, n_helpful)
     rng.shuffle(shots)
-    note = REFLECT_NOTE.format(goal=goal, rationale=rationale)
+    note = REFLECT_NOTE.format(goal=goal, rationale=rationale[:REFLECT_RATIONALE_CHARS])
     messages = [{"role": "system", "content": REFLECT_SYSTEM + note}]
     for question, answer in shots:
         messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]

@@ -19,7 +19,8 @@ import yaml
 
 from ssp.config import SSPConfig, dump_config
 from ssp.game.play import SelfPlayGame
-from ssp.game.prompts import attacker_request, defender_request, load_strategy_hints, reflective_request
+from ssp.game.prompts import (REFLECT_RATIONALE_CHARS, attacker_request, defender_request, load_strategy_hints,
+                              reflective_request)
 from ssp.game.seeds import load_seeds
 from ssp.judges.base import build_judge
 from ssp.models.loader import load_policy, resolve_device
@@ -179,7 +180,8 @@ class Trainer:
         if cfg.game.attacker == "self":
             probes.append(attacker_request(goal, max(hints, key=lambda h: len(h.text)) if hints else None))
         if cfg.replay.mode != "none" and cfg.replay.reflect:
-            probes.append(reflective_request("x", goal, "x", _LongestShots()))
+            longest_rationale = ("judge rationale " * REFLECT_RATIONALE_CHARS)[:REFLECT_RATIONALE_CHARS]
+            probes.append(reflective_request("x", goal, longest_rationale, _LongestShots()))
         try:
             for request in probes:
                 self.engine.encoder.encode(request)
