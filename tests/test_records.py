@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ssp.records import RecordsError, read_located, read_records, read_text
+from ssp.records import RecordsError, read_located, read_log, read_records, read_text
 
 
 def write(path, data: bytes):
@@ -98,3 +98,10 @@ def test_missing_file_and_folder(tmp_path):
     (tmp_path / "dir.jsonl").mkdir()
     with pytest.raises(RecordsError, match=r"dir\.jsonl: not a file$"):
         read_text(tmp_path / "dir.jsonl")
+
+
+def test_logs_skip_lines_a_crash_cut_off_and_keep_u2028(tmp_path):
+    log = write(tmp_path / "metrics.jsonl",
+                json.dumps({"step": 1, "text": "a\u2028b"}, ensure_ascii=False).encode() + b'\n[1]\n\n{"step": 2, "tr')
+    assert read_log(log) == [{"step": 1, "text": "a\u2028b"}]
+    assert read_log(tmp_path / "missing.jsonl") == []

@@ -50,6 +50,26 @@ def read_located(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
             if line.strip() and not line.startswith("#")]
 
 
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The objects of a JSON Lines log this program appends to (metrics, exchanges, generations).
+
+    A crash can cut the last line off, so lines that are not a JSON object are skipped, not fatal;
+    a missing file is no records. For input files use `read_records`, which reports bad lines.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in _lines(path.read_text(encoding="utf-8")):
+        try:
+            row = json.loads(line) if line.strip() else None
+        except (json.JSONDecodeError, RecursionError):
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def read_text(path: str | Path) -> str:
     """A file's UTF-8 text without the BOM spreadsheet exports start with; bad bytes are located by line."""
     path = Path(path)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ssp.eval.metrics import diversity
+from ssp.records import read_log
 
 EXCERPT_CHARS = 300
 log = logging.getLogger(__name__)
@@ -61,17 +62,6 @@ class _Corpus:
             row.setdefault(k, v)
 
 
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
-
-
 def collect_attacks(folder: str | Path, include_direct: bool = False) -> list[dict[str, Any]]:
     folder = Path(folder)
     corpus = _Corpus()
@@ -92,7 +82,7 @@ def collect_attacks(folder: str | Path, include_direct: bool = False) -> list[di
                        retired=e.get("retired"))
     if (folder / "exchanges.jsonl").is_file():
         found_source = True
-        for x in _jsonl(folder / "exchanges.jsonl"):
+        for x in read_log(folder / "exchanges.jsonl"):
             v = x.get("verdict") or {}
             if x.get("kind") in ("attack", "replay") and v.get("valid") and v.get("harmful"):
                 corpus.add(x.get("goal", ""), x.get("prompt", ""), source=f"exchanges:{x['kind']}", step=x.get("step"),
@@ -100,7 +90,7 @@ def collect_attacks(folder: str | Path, include_direct: bool = False) -> list[di
                            category=x.get("category") or "", hint=x.get("hint"))
     if (folder / "generations.jsonl").is_file():
         found_source = True
-        for r in _jsonl(folder / "generations.jsonl"):
+        for r in read_log(folder / "generations.jsonl"):
             if r.get("attack") == "direct" and not include_direct:
                 continue
             for s in r.get("samples", []):

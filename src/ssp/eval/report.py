@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ssp.records import read_log
+
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 TEXT_LIMIT = 3000  # characters of one model text shown (the rest is in generations.jsonl / exchanges.jsonl)
 
@@ -395,18 +397,6 @@ def training_plots(rows: list[dict[str, Any]]) -> list[Raw]:
     return figs
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    return rows
-
-
 def pool_entries(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[dict[str, Any]]]:
     """(top live entries by UCB, pool stats, all entries) of a run's pool; empty when it has none."""
     path = run / "pool.sqlite"
@@ -433,8 +423,8 @@ class PoolReadError(RuntimeError):
 
 def build_training_report(run: str | Path, top_n: int = 15) -> str:
     run = Path(run)
-    rows = _read_jsonl(run / "metrics.jsonl")
-    exchanges = _read_jsonl(run / "exchanges.jsonl")
+    rows = read_log(run / "metrics.jsonl")
+    exchanges = read_log(run / "exchanges.jsonl")
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8")) if (run / "summary.json").is_file() else {}
     config_text = (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").is_file() else ""
     body: list[Any] = []
