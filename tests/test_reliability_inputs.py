@@ -246,7 +246,8 @@ def test_long_prompts_follow_the_truncation_policy(tiny_cfg):
     """ChatEncoder: framing and prefill intact, the END of the last message's content is cut."""
     from ssp.config import SamplingConfig
     from ssp.models.loader import load_policy
-    from ssp.rollout.hf import ChatEncoder, HFRolloutEngine
+    from ssp.rollout.chat import ChatEncoder
+    from ssp.rollout.hf import HFRolloutEngine
 
     model, tok = load_policy(tiny_cfg.model)
     content = " ".join(f"word{i}" for i in range(3000))

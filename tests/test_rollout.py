@@ -4,7 +4,8 @@
 from ssp.config import SamplingConfig
 from ssp.models.loader import load_policy
 from ssp.rollout.base import ChatRequest
-from ssp.rollout.hf import ChatEncoder, HFRolloutEngine
+from ssp.rollout.chat import ChatEncoder
+from ssp.rollout.hf import HFRolloutEngine
 
 
 def test_generate_returns_n_samples_per_request_in_order(tiny_cfg):

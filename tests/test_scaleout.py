@@ -20,7 +20,8 @@ from ssp.config import ConfigError, SamplingConfig, load_config
 from ssp.models.loader import load_base_model, load_policy
 from ssp.rollout import vllm as V
 from ssp.rollout.base import ChatRequest
-from ssp.rollout.hf import HFRolloutEngine, build_rollout_engine
+from ssp.rollout.engines import build_rollout_engine
+from ssp.rollout.hf import HFRolloutEngine
 from tests.conftest import REPO
 
 ACCEL = REPO / "configs" / "accelerate"

@@ -8,6 +8,7 @@ import torch
 
 from ssp.config import SamplingConfig
 from ssp.rollout.base import ChatRequest, Completion
+from ssp.rollout.chat import ChatEncoder
 
 
 def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -45,46 +46,6 @@ def cpu_fast_sampling():
         yield
     finally:
         torch.multinomial = original
-
-
-class ChatEncoder:
-    """Applies the chat template and the explicit truncation policy shared by rollouts and updates.
-
-    Truncation policy: a prompt longer than `max_prompt_tokens` keeps its chat framing and loses the
-    END of its last message's content (the template's header and the assistant prefix stay intact).
-    """
-
-    def __init__(self, tokenizer, max_prompt_tokens: int):
-        self.tokenizer = tokenizer
-        self.max_prompt_tokens = max_prompt_tokens
-
-    def render(self, request: ChatRequest) -> str:
-        text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
-        return text + request.prefill
-
-    def encode(self, request: ChatRequest) -> tuple[list[int], bool]:
-        ids = self._ids(self.render(request))
-        if len(ids) <= self.max_prompt_tokens:
-            return ids, False
-        last = request.messages[-1]
-        content_ids = self._ids(last["content"])
-        keep = max(0, len(content_ids) - (len(ids) - self.max_prompt_tokens))
-        while True:
-            cut = self.tokenizer.decode(content_ids[:keep])
-            messages = [*request.messages[:-1], {**last, "content": cut}]
-            ids = self._ids(self.render(ChatRequest(messages, request.prefill)))
-            if len(ids) <= self.max_prompt_tokens or keep == 0:
-                break
-            keep = max(0, keep - max(1, len(ids) - self.max_prompt_tokens))
-        if len(ids) > self.max_prompt_tokens:
-            raise ValueError(
-                f"model.max_prompt_tokens={self.max_prompt_tokens} is shorter than the chat framing alone "
-                f"({len(ids)} tokens)"
-            )
-        return ids, True
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 class HFRolloutEngine:
@@ -152,16 +113,3 @@ class HFRolloutEngine:
             completions.append(Completion(prompt_ids=prompts[len(completions)], completion_ids=ids,
                                           text=text, finished=finished))
         return completions
-
-
-def build_rollout_engine(backend: str, model, tokenizer, max_prompt_tokens: int, batch_size: int, *,
-                         rollout=None, model_config=None, seed: int = 0):
-    """The rollout engine for `rollout.backend`. The vLLM backend also needs the run's `rollout` and
-    `model_config` sections (its options, the model source, LoRA or full) and the run seed."""
-    if backend == "hf":
-        return HFRolloutEngine(model, tokenizer, max_prompt_tokens, batch_size)
-    if backend == "vllm":
-        from ssp.rollout.vllm import build_vllm_engine  # optional extra: imported only when chosen
-
-        return build_vllm_engine(model, tokenizer, max_prompt_tokens, rollout, model_config, seed=seed)
-    raise ValueError(f"rollout.backend: unknown backend {backend!r}")

@@ -67,7 +67,7 @@ import torch
 
 from ssp.config import ModelConfig, RolloutConfig, SamplingConfig, VLLMRolloutConfig
 from ssp.rollout.base import ChatRequest, Completion
-from ssp.rollout.hf import ChatEncoder
+from ssp.rollout.chat import ChatEncoder
 
 log = logging.getLogger(__name__)
 

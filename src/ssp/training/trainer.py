@@ -26,7 +26,7 @@ from ssp.judges.base import build_judge
 from ssp.models.loader import load_policy, resolve_device
 from ssp.replay.pool import ExperiencePool
 from ssp.rl.grpo import grpo_update, trainable
-from ssp.rollout.hf import build_rollout_engine
+from ssp.rollout.engines import build_rollout_engine
 from ssp.training import checkpoint as ckpt
 from ssp.training.distributed import Ranks, ShardedEngine, ShardedJudge
 
