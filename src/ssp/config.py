@@ -52,6 +52,9 @@ class ModelConfig(_Strict):
     lora: LoraConfig = LoraConfig()
     tiny: TinyModelConfig = TinyModelConfig()
     max_prompt_tokens: int = Field(768, ge=16, description="longer prompts are truncated from the left")
+    init_from: str | None = Field(
+        None, description="`ssp train` starts from these weights (fresh optimizer, pool and step 0): an ssp run "
+        "folder (its latest checkpoint, e.g. an `ssp warmstart` result) or one checkpoint folder")
 
 
 class SamplingConfig(_Strict):
@@ -109,11 +112,29 @@ class RolloutConfig(_Strict):
     vllm: VLLMRolloutConfig = VLLMRolloutConfig()
 
 
+class HeldOutConfig(_Strict):
+    """The items of a seed file that `ssp eval --benchmark generic:SUITE=FILE --limit N --seed S` evaluates on.
+
+    They are dropped from the training seeds (matched by normalised text). A larger `limit` holds out
+    every item a smaller one would choose, so one generous limit covers every smaller evaluation.
+    """
+
+    limit: int = Field(..., ge=1, description="the largest --limit of the evaluations to keep out of training")
+    suite: str = Field("benign", min_length=1, description="the evaluation's suite label (generic:LABEL=FILE)")
+    seed: int = Field(0, description="the evaluation's --seed")
+
+
 class GameConfig(_Strict):
     harmful_seeds: str = Field("builtin", description="'builtin' or a .txt/.csv/.jsonl path")
     harmful_column: str | None = Field(None, description="column holding the goal in CSV/JSONL seeds")
     benign_seeds: str = "builtin"
     benign_column: str | None = None
+    benign_held_out: HeldOutConfig | None = Field(
+        None, description="drop the evaluation slice of a benign seed file from training (see HeldOutConfig)")
+    borderline_seeds: str | None = Field(
+        None, description="borderline-safe prompts (sound dangerous, are not) added to the benign pool: 'builtin' "
+        "(the package's own, disjoint from XSTest) or a path; none by default")
+    borderline_column: str | None = None
     goals_per_step: int = Field(2, ge=0, description="harmful goals the Attacker works on each step")
     attacks_per_goal: int = Field(2, ge=1, description="K: attacker samples per goal (the attacker's group)")
     answers_per_prompt: int = Field(2, ge=1, description="M: defender samples per prompt (the defender's group)")
@@ -185,6 +206,26 @@ class RunConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
 
 
+class WarmStartConfig(_Strict):
+    """`ssp warmstart` (DESIGN.md §6): self-distilled refusals and plain helpful answers, learned by SFT in the
+    plain chat context before self-play. Direct requests only: no templates, no attacks."""
+
+    harmful_tries: int = Field(4, ge=1, description="K: samples per harmful seed in the refusal context")
+    plain_tries: int = Field(1, ge=1, description="samples per benign or borderline-safe seed, answered plainly")
+    keep_per_seed: int = Field(1, ge=1, description="at most this many accepted answers kept per seed")
+    max_harmful: int | None = Field(None, ge=1, description="harmful seeds used (seeded choice; default all)")
+    max_benign: int | None = Field(None, ge=0, description="benign seeds used (seeded choice; default all)")
+    max_borderline: int | None = Field(None, ge=0, description="borderline-safe seeds used (default all)")
+    exemplars: int = Field(4, ge=1, description="refusal exemplars shown per try, drawn from the packaged set")
+    exemplar_file: str | None = Field(
+        None, description="JSONL of {request, refusal} exemplars (default: the packaged refusal_exemplars.jsonl)")
+    refusal_sampling: SamplingConfig = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=64)
+    plain_sampling: SamplingConfig = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=64)
+    epochs: int = Field(2, ge=1)
+    learning_rate: float = Field(2e-4, gt=0.0)
+    batch_size: int = Field(8, ge=1, description="pairs per optimizer step")
+
+
 class SSPConfig(_Strict):
     model: ModelConfig = ModelConfig()
     rollout: RolloutConfig = RolloutConfig()
@@ -193,6 +234,7 @@ class SSPConfig(_Strict):
     replay: ReplayConfig = ReplayConfig()
     rl: RLConfig = RLConfig()
     run: RunConfig = RunConfig()
+    warmstart: WarmStartConfig = WarmStartConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> "SSPConfig":

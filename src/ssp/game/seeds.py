@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ssp.records import RecordsError, read_located, read_text
 
-BUILTIN = {"harmful": "harmful_goals.txt", "benign": "benign_instructions.txt"}
+if TYPE_CHECKING:
+    from ssp.config import GameConfig, HeldOutConfig
+
+BUILTIN = {"harmful": "harmful_goals.txt", "benign": "benign_instructions.txt", "borderline": "borderline_safe.jsonl"}
 DEFAULT_COLUMNS = ("goal", "behavior", "Behavior", "instruction", "prompt", "text")
 
 
@@ -26,7 +31,11 @@ def load_seeds(spec: str, kind: str, column: str | None = None) -> list[Seed]:
     """`spec` is 'builtin' or a path. Text files: one seed a line, optional `category<TAB>text`, `#` comments."""
     if spec == "builtin":
         resource = resources.files("ssp") / "data" / BUILTIN[kind]
-        seeds = _parse_text(resource.read_text(encoding="utf-8"), f"<builtin {BUILTIN[kind]}>")
+        if BUILTIN[kind].endswith(".jsonl"):
+            with resources.as_file(resource) as path:
+                seeds = _parse_records(read_located(path), path, column)
+        else:
+            seeds = _parse_text(resource.read_text(encoding="utf-8"), f"<builtin {BUILTIN[kind]}>")
         source = f"builtin {kind} seeds"
     else:
         path = Path(spec)
@@ -84,3 +93,54 @@ def _parse_records(rows: list[tuple[str, dict]], path: Path, column: str | None)
         if value.strip():
             seeds.append(Seed(value.strip(), _category(row)))
     return seeds
+
+
+def normalise(text: str) -> str:
+    """Lower-case words only: the key under which two prompts count as the same."""
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def held_out_texts(path: str, column: str | None, held_out: "HeldOutConfig") -> set[str]:
+    """Normalised prompts of the evaluation slice `ssp eval --benchmark generic:SUITE=PATH --limit N --seed S`
+    chooses, found with the evaluation's own loader and item choice, so the two cannot drift apart."""
+    from ssp.eval.benchmarks import BenchmarkError, limit_suite, load_suites, parse_benchmark_spec
+
+    options = {"kind": "benign", **({"prompt": column} if column else {})}
+    try:
+        spec = parse_benchmark_spec(f"generic:{held_out.suite}={path}", {held_out.suite: options})
+        (suite,) = load_suites(spec)
+    except BenchmarkError as e:
+        raise SeedError(f"game.benign_held_out: {e}") from None
+    return {normalise(item.prompt) for item in limit_suite(suite, held_out.limit, held_out.seed).items}
+
+
+def load_benign_seeds(game: "GameConfig") -> list[Seed]:
+    """`game.benign_seeds` without the evaluation slice named by `game.benign_held_out`."""
+    seeds = load_seeds(game.benign_seeds, "benign", game.benign_column)
+    if game.benign_held_out is None:
+        return seeds
+    if game.benign_seeds == "builtin":
+        raise SeedError("game.benign_held_out needs game.benign_seeds to be a file (the builtin seeds are never "
+                        "evaluated on)")
+    held = held_out_texts(game.benign_seeds, game.benign_column, game.benign_held_out)
+    kept = [s for s in seeds if normalise(s.text) not in held]
+    if not kept:
+        raise SeedError(f"{game.benign_seeds}: every benign seed is in the held-out evaluation slice "
+                        f"(game.benign_held_out.limit={game.benign_held_out.limit})")
+    return kept
+
+
+def load_borderline_seeds(game: "GameConfig") -> list[Seed]:
+    """`game.borderline_seeds` (none when unset)."""
+    if game.borderline_seeds is None:
+        return []
+    return load_seeds(game.borderline_seeds, "borderline", game.borderline_column)
+
+
+def load_benign_pool(game: "GameConfig") -> list[Seed]:
+    """What self-play answers plainly: the benign seeds (less the held-out slice) and the borderline-safe
+    seeds, each prompt once."""
+    pool: dict[str, Seed] = {}
+    for seed in load_benign_seeds(game) + load_borderline_seeds(game):
+        pool.setdefault(normalise(seed.text), seed)
+    return list(pool.values())

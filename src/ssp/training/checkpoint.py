@@ -161,6 +161,16 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
+def find_checkpoint(path: Path) -> Path:
+    """`path` itself when it is a complete checkpoint, else the latest complete checkpoint of the run folder `path`."""
+    if verify_checkpoint(path):
+        return path
+    latest = latest_checkpoint(path) if path.is_dir() else None
+    if latest is None:
+        raise ValueError(f"{path}: neither a complete checkpoint nor a run folder holding one")
+    return latest
+
+
 def load_weights(model, folder: Path) -> None:
     """Weights saved by `save_checkpoint` (a peft adapter or a full model), loaded from safetensors."""
     weights = folder / "weights"

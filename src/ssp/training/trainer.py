@@ -21,7 +21,7 @@ from ssp.config import SSPConfig, dump_config
 from ssp.game.play import SelfPlayGame
 from ssp.game.prompts import (REFLECT_RATIONALE_CHARS, attacker_request, defender_request, load_strategy_hints,
                               reflective_request)
-from ssp.game.seeds import load_seeds
+from ssp.game.seeds import load_benign_pool, load_seeds
 from ssp.judges.base import build_judge
 from ssp.models.loader import load_policy, resolve_device
 from ssp.replay.pool import ExperiencePool
@@ -111,7 +111,7 @@ class Trainer:
         self.rng = random.Random(cfg.run.seed)
 
         self.harmful = load_seeds(cfg.game.harmful_seeds, "harmful", cfg.game.harmful_column)
-        self.benign = load_seeds(cfg.game.benign_seeds, "benign", cfg.game.benign_column) if cfg.game.benign_per_step else []
+        self.benign = load_benign_pool(cfg.game) if cfg.game.benign_per_step else []
         self.judge = build_judge(cfg.judge.name, cfg.judge.options)
         embedder = None
         if cfg.game.intent_gate:
@@ -120,6 +120,8 @@ class Trainer:
             embedder = TextEmbedder.shared()
 
         model, self.tokenizer = load_policy(cfg.model, seed=cfg.run.seed)
+        if cfg.model.init_from:  # before the KL reference is copied (full fine-tuning): the start is the reference
+            self._init_from(model)
         model.to(self.device)
         self.reference = None
         if cfg.model.finetune == "full" and cfg.rl.kl_coef > 0:
@@ -164,6 +166,23 @@ class Trainer:
         if self.ranks.is_main:
             dump_config(cfg, self.run_dir / "config.yaml")
         self.accelerator.wait_for_everyone()
+
+    def _init_from(self, model) -> None:
+        """model.init_from: start from another run's weights (e.g. `ssp warmstart`), whose model settings must match."""
+        cfg = self.cfg.model
+        try:
+            folder = ckpt.find_checkpoint(Path(cfg.init_from))
+        except ValueError as e:
+            raise TrainingError(f"model.init_from: {e}") from None
+        saved = (yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}).get("model", {})
+        keys = ("name_or_path", "finetune", "lora") if cfg.finetune == "lora" else ("name_or_path", "finetune")
+        current = cfg.model_dump(mode="json")
+        differ = [f"{k}: {saved.get(k)!r} there, {current[k]!r} here" for k in keys if saved.get(k) != current[k]]
+        if differ:
+            raise TrainingError(f"model.init_from={cfg.init_from}: {folder} was trained with other model settings ("
+                                + "; ".join(differ) + ")")
+        ckpt.load_weights(model, folder)
+        log.info("starting from the weights of %s", folder)
 
     def _check_prompt_budget(self) -> None:
         """Refuse at setup a prompt limit that some request cannot meet, rather than dying at a later step."""
