@@ -46,8 +46,9 @@ def test_borderline_set_is_ours_sized_and_varied():
     categories = {s.category for s in seeds}
     assert {"homonyms", "figurative", "safe_context", "history", "fiction", "public_figures"} <= categories
     # Distinct from the package's benign seeds too, so the pool holds each prompt once.
-    builtin = {normalise(s.text) for s in load_benign_seeds(load_config().game)}
-    assert not builtin & {normalise(s.text) for s in seeds}
+    builtin = [normalise(s.text) for s in load_benign_seeds(load_config().game)]
+    close = [(a, b) for a in (normalise(s.text) for s in seeds) for b in builtin if _near_duplicate(a, b)]
+    assert not close, close[:5]
 
 
 def test_borderline_set_is_disjoint_from_xstest(shared_data):
@@ -281,7 +282,8 @@ def test_warmstart_on_embedded_model(tmp_path):
     """A handful of seeds on SmolLM2-135M-Instruct: the refusal context yields kept refusals, SFT runs."""
     res = CliRunner().invoke(app, [
         "warmstart", "-c", str(REPO / "configs" / "cpu-small.yaml"), "-o", str(tmp_path / "run"), "--quiet",
-        *[x for kv in ["run.threads=1", "warmstart.max_harmful=4", "warmstart.harmful_tries=3", "warmstart.max_benign=2", "warmstart.max_borderline=2",
+        *[x for kv in ["run.threads=1", "warmstart.max_harmful=4", "warmstart.harmful_tries=3", "warmstart.max_benign=2",
+                       "warmstart.max_borderline=2",
                        "warmstart.epochs=1", "warmstart.refusal_sampling.max_new_tokens=32",
                        "warmstart.plain_sampling.max_new_tokens=32"] for x in ("--set", kv)]])
     assert res.exit_code == 0, res.output
