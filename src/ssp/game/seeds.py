@@ -100,7 +100,7 @@ def normalise(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
 
-def held_out_texts(path: str, column: str | None, held_out: "HeldOutConfig") -> set[str]:
+def held_out_texts(path: str, column: str | None, held_out: HeldOutConfig) -> set[str]:
     """Normalised prompts of the evaluation slice `ssp eval --benchmark generic:SUITE=PATH --limit N --seed S`
     chooses, found with the evaluation's own loader and item choice, so the two cannot drift apart."""
     from ssp.eval.benchmarks import BenchmarkError, limit_suite, load_suites, parse_benchmark_spec
@@ -114,7 +114,7 @@ def held_out_texts(path: str, column: str | None, held_out: "HeldOutConfig") -> 
     return {normalise(item.prompt) for item in limit_suite(suite, held_out.limit, held_out.seed).items}
 
 
-def load_benign_seeds(game: "GameConfig") -> list[Seed]:
+def load_benign_seeds(game: GameConfig) -> list[Seed]:
     """`game.benign_seeds` without the evaluation slice named by `game.benign_held_out`."""
     seeds = load_seeds(game.benign_seeds, "benign", game.benign_column)
     if game.benign_held_out is None:
@@ -130,14 +130,14 @@ def load_benign_seeds(game: "GameConfig") -> list[Seed]:
     return kept
 
 
-def load_borderline_seeds(game: "GameConfig") -> list[Seed]:
+def load_borderline_seeds(game: GameConfig) -> list[Seed]:
     """`game.borderline_seeds` (none when unset)."""
     if game.borderline_seeds is None:
         return []
     return load_seeds(game.borderline_seeds, "borderline", game.borderline_column)
 
 
-def load_benign_pool(game: "GameConfig") -> list[Seed]:
+def load_benign_pool(game: GameConfig) -> list[Seed]:
     """What self-play answers plainly: the benign seeds (less the held-out slice) and the borderline-safe
     seeds, each prompt once."""
     pool: dict[str, Seed] = {}
