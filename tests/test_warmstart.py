@@ -111,6 +111,14 @@ def test_benign_pool_is_disjoint_from_the_evaluation_slice(shared_data):
     assert len(pool) == len(train) + len(load_borderline_seeds(with_borderline.game))
 
 
+def test_held_out_slice_of_a_text_seed_file(tmp_path):
+    """Text seeds with a category column: the evaluation reads the whole line, the seed loader the text."""
+    path = tmp_path / "benign.txt"
+    path.write_text("".join(f"chat\tInstruction number {i}, please answer it.\n" for i in range(30)))
+    cfg = load_config(None, [f"game.benign_seeds={path}", "game.benign_held_out.limit=10"])
+    assert len(load_benign_seeds(cfg.game)) == 20
+
+
 def test_held_out_needs_a_file():
     cfg = load_config(None, ["game.benign_held_out.limit=10"])
     with pytest.raises(SeedError, match="benign_held_out needs game.benign_seeds to be a file"):
