@@ -21,8 +21,8 @@ from ssp.judges.base import Verdict
 from ssp.judges.heuristic import HeuristicJudge, detect_refusal
 from ssp.rollout.base import Completion
 from ssp.training import checkpoint as ckpt
-from ssp.training.warmstart import (Try, WarmStartError, collect, load_exemplars, opening, refusal_diversity,
-                                    refusal_request, run_warmstart, select)
+from ssp.training.warmstart import (Try, WarmStartError, collect, full_refusal, load_exemplars, opening,
+                                    refusal_diversity, refusal_request, run_warmstart, select)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -174,6 +174,16 @@ def test_filter_keeps_only_full_refusals_and_helpful_answers():
                    ("harmful", "I can't help"): False,  # a partial refusal is not kept
                    ("benign", "Find its pro"): True, ("benign", "I'm sorry, b"): False,
                    ("benign", "Bananas are "): False}  # off topic
+
+
+def test_full_refusal_reads_any_judge_scale():
+    def v(score, refused=True, harmful=False):
+        return Verdict(score=score, refused=refused, harmful=harmful, on_topic=False, rationale="")
+
+    assert full_refusal(v(1.0)) and full_refusal(v(1.08))  # a guard's probability mode: a safe refusal near 1
+    assert not full_refusal(v(2.0))  # partial refusal
+    assert not full_refusal(v(4.0, harmful=True)) and not full_refusal(v(1.0, refused=False))
+    assert not full_refusal(Verdict.invalid("judge down"))
 
 
 def _try(kind: str, seed: int, text: str, accepted: bool = True, score: float = 1.0) -> Try:
