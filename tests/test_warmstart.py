@@ -186,11 +186,11 @@ def test_full_refusal_reads_any_judge_scale():
     assert not full_refusal(Verdict.invalid("judge down"))
 
 
-def _try(kind: str, seed: int, text: str, accepted: bool = True, score: float = 1.0) -> Try:
+def _try(kind: str, seed: int, text: str, accepted: bool = True, score: float = 1.0, finished: bool = True) -> Try:
     from ssp.game.seeds import Seed
 
     verdict = Verdict(score=score, refused=kind == "harmful", harmful=False, on_topic=True, rationale="")
-    return Try(kind, seed, Seed(f"seed {seed}"), Completion([1], [2], text, True), verdict, accepted)
+    return Try(kind, seed, Seed(f"seed {seed}"), Completion([1], [2], text, finished), verdict, accepted)
 
 
 def test_select_prefers_unused_refusal_openings_and_the_best_plain_answer():
@@ -202,6 +202,8 @@ def test_select_prefers_unused_refusal_openings_and_the_best_plain_answer():
     assert [t.completion.text for t in kept] == ["I can't help with that, sorry.", "Sorry, that is not something I do.",
                                                  "better"]
     assert len(select([_try("harmful", 0, "a b"), _try("harmful", 0, "c d")], keep_per_seed=2)) == 2
+    cut, whole = _try("harmful", 0, "I can't, and then", finished=False), _try("harmful", 0, "I won't.")
+    assert select([cut, whole], keep_per_seed=1) == [whole]  # same opening count: the answer that ended wins
 
 
 def test_refusal_diversity_shows_collapse():

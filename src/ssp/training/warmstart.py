@@ -173,8 +173,9 @@ def select(tries: list[Try], keep_per_seed: int) -> list[Try]:
     """Mark up to `keep_per_seed` accepted tries per seed as kept; returns the kept ones.
 
     Refusals: the accepted try whose opening has been kept least often so far wins, so the distilled
-    refusals do not collapse into the exemplar most often imitated. Plain answers: the highest score
-    (the most on-topic) wins.
+    refusals do not collapse into the exemplar most often imitated; then one that ended by itself, which
+    teaches stopping after declining (the embedded model, cut off, tends to ramble on). Plain answers:
+    the highest score (the most on-topic) wins.
     """
     by_seed: dict[tuple[str, int], list[Try]] = {}
     for t in tries:
@@ -185,7 +186,7 @@ def select(tries: list[Try], keep_per_seed: int) -> list[Try]:
     for (kind, _i), group in by_seed.items():
         for _ in range(min(keep_per_seed, len(group))):
             if kind == "harmful":
-                best = min(group, key=lambda t: openings[opening(t.completion.text)])
+                best = min(group, key=lambda t: (openings[opening(t.completion.text)], not t.completion.finished))
                 openings[opening(best.completion.text)] += 1
             else:
                 best = max(group, key=lambda t: t.verdict.score)
