@@ -93,7 +93,7 @@ def test_bad_exemplar_file_names_the_line(tmp_path):
 
 
 def test_benign_pool_is_disjoint_from_the_evaluation_slice(shared_data):
-    """The same choice `scripts/reproduce_cpu.sh` evaluates (generic:benign, --limit 50, --seed 0) is never trained on."""
+    """The choice `scripts/reproduce_cpu.sh` evaluates (generic:benign, --limit 50, --seed 0) is never trained on."""
     from ssp.eval.benchmarks import load_benchmarks, parse_benchmark_spec
 
     path = shared_data / "benign_instructions.jsonl"
@@ -195,7 +195,8 @@ def _try(kind: str, seed: int, text: str, accepted: bool = True, score: float = 
 
 def test_select_prefers_unused_refusal_openings_and_the_best_plain_answer():
     tries = [_try("harmful", 0, "I can't help with that, sorry."),
-             _try("harmful", 1, "I can't help with that, sorry."), _try("harmful", 1, "Sorry, that is not something I do."),
+             _try("harmful", 1, "I can't help with that, sorry."),
+             _try("harmful", 1, "Sorry, that is not something I do."),
              _try("harmful", 2, "No way.", accepted=False),
              _try("benign", 0, "ok", score=4.2), _try("benign", 0, "better", score=4.9)]
     kept = select(tries, keep_per_seed=1)
@@ -302,8 +303,8 @@ def test_warmstart_on_embedded_model(tmp_path):
     """A handful of seeds on SmolLM2-135M-Instruct: the refusal context yields kept refusals, SFT runs."""
     res = CliRunner().invoke(app, [
         "warmstart", "-c", str(REPO / "configs" / "cpu-small.yaml"), "-o", str(tmp_path / "run"), "--quiet",
-        *[x for kv in ["run.threads=1", "warmstart.max_harmful=4", "warmstart.harmful_tries=3", "warmstart.max_benign=2",
-                       "warmstart.max_borderline=2",
+        *[x for kv in ["run.threads=1", "warmstart.max_harmful=4", "warmstart.harmful_tries=3",
+                       "warmstart.max_benign=2", "warmstart.max_borderline=2",
                        "warmstart.epochs=1", "warmstart.refusal_sampling.max_new_tokens=32",
                        "warmstart.plain_sampling.max_new_tokens=32"] for x in ("--set", kv)]])
     assert res.exit_code == 0, res.output

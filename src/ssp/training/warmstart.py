@@ -160,7 +160,8 @@ def collect(engine, judge: Judge, seeds: dict[str, list[Seed]], wcfg: WarmStartC
     timings["generate_plain"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    verdicts = judge.judge([JudgeInput(goal=seed.text, prompt=seed.text, response=c.text) for _k, _i, seed, c in answers])
+    verdicts = judge.judge([JudgeInput(goal=seed.text, prompt=seed.text, response=c.text)
+                            for _kind, _i, seed, c in answers])
     tries = []
     for (kind, i, seed, c), v in zip(answers, verdicts):
         accepted = full_refusal(v) if kind == "harmful" else helpful(v, c.text)
@@ -383,8 +384,8 @@ def run_warmstart(cfg: SSPConfig, run_dir: str | Path, progress: bool = True, ju
         "pairs_kept": len(kept),
         "acceptance_rate": {k: round(_count(tries, k, "accepted") / n, 4) if (n := _count(tries, k)) else None
                             for k in kinds},
-        "seeds_with_a_pair": {k: round(sum(1 for r in per_seed.values() if r["kind"] == k and r["kept"]) / len(seeds[k]), 4)
-                              if seeds[k] else None for k in kinds},
+        "seeds_with_a_pair": {k: round(sum(1 for r in per_seed.values() if r["kind"] == k and r["kept"])
+                                       / len(seeds[k]), 4) if seeds[k] else None for k in kinds},
         "truncated_kept": sum(1 for t in kept if not t.completion.finished),
         "judge_invalid": invalid,
         "refusal_diversity": refusal_diversity(refusals),
