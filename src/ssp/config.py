@@ -105,8 +105,13 @@ class VLLMRolloutConfig(_Strict):
 
 
 class RolloutConfig(_Strict):
-    backend: Literal["hf", "vllm"] = "hf"
-    batch_size: int = Field(16, ge=1, description="sequences generated together (hf backend)")
+    backend: Literal["auto", "native", "hf", "vllm"] = Field(
+        "auto", description="auto: native on CPU for Llama-family models, else hf; native: ssp's decoder "
+        "(bf16 weights, static KV cache, slot refill); hf: transformers' generate; vllm: see docs/gpu.md")
+    dtype: Literal["bfloat16", "float32"] = Field(
+        "bfloat16", description="native backend: precision of the generation copy of the weights (training keeps "
+        "its own dtype)")
+    batch_size: int = Field(64, ge=1, description="sequences generated together (native and hf backends)")
     attacker: SamplingConfig = SamplingConfig(max_new_tokens=80)
     defender: SamplingConfig = SamplingConfig(max_new_tokens=64)
     vllm: VLLMRolloutConfig = VLLMRolloutConfig()

@@ -73,7 +73,9 @@ class EvalSettings(_Strict):
     attacker: SamplingConfig = SamplingConfig(temperature=1.0, max_new_tokens=80)
     limit: int | None = Field(None, ge=1)
     seed: int = Field(0, description="item selection under --limit, strategy hints, sampling")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(64, ge=1)
+    backend: Literal["auto", "native", "hf"] = Field("auto", description="rollout engine, as rollout.backend")
+    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="native engine precision")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
     diversity_embeddings: bool = True
@@ -269,7 +271,7 @@ class Evaluation:
 
         from ssp.eval.defenses import AttackerModel, DefenseContext, TargetModel, build_defense
         from ssp.judges.base import build_judge
-        from ssp.rollout.hf import HFRolloutEngine
+        from ssp.rollout.engines import build_rollout_engine
 
         s = self.s
         t0 = time.perf_counter()
@@ -277,7 +279,7 @@ class Evaluation:
             torch.set_num_threads(s.threads)
         torch.manual_seed(s.model_seed)
         model, tok = load_model(s.model, s.adapter, s.model_seed, s.device)
-        engine = HFRolloutEngine(model, tok, s.model.max_prompt_tokens, s.batch_size)
+        engine = build_rollout_engine(s.backend, model, tok, s.model.max_prompt_tokens, s.batch_size, dtype=s.dtype)
         name = s.model.name_or_path + (f" + {s.adapter}" if s.adapter else "")
         self.log(f"model {name} loaded in {time.perf_counter() - t0:.1f}s")
         judge = build_judge(s.judge, s.judge_options)
@@ -288,7 +290,8 @@ class Evaluation:
         if s.attacker_model is not None and "pair" in s.attacks:
             am, at = load_model(s.attacker_model, s.attacker_adapter, s.model_seed, s.device)
             aname = s.attacker_model.name_or_path + (f" + {s.attacker_adapter}" if s.attacker_adapter else "")
-            pair_attacker = AttackerModel(HFRolloutEngine(am, at, s.attacker_model.max_prompt_tokens, s.batch_size),
+            pair_attacker = AttackerModel(build_rollout_engine(s.backend, am, at, s.attacker_model.max_prompt_tokens,
+                                                               s.batch_size, dtype=s.dtype),
                                           s.attacker, aname)
         self._env = AttackEnv(defense, judge, attacker, pair_attacker, s.seed)
         return self._env

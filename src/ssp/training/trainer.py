@@ -131,7 +131,7 @@ class Trainer:
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.policy = self.accelerator.unwrap_model(self.model)  # generation and saving use the bare module
         self.engine = build_rollout_engine(cfg.rollout.backend, self.policy, self.tokenizer,
-                                           cfg.model.max_prompt_tokens, cfg.rollout.batch_size,
+                                           cfg.model.max_prompt_tokens, cfg.rollout.batch_size, dtype=cfg.rollout.dtype,
                                            rollout=cfg.rollout, model_config=cfg.model, seed=cfg.run.seed)
         engine, judge = self.engine, self.judge
         if self.ranks.world > 1:

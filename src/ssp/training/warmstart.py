@@ -315,7 +315,7 @@ def run_warmstart(cfg: SSPConfig, run_dir: str | Path, progress: bool = True, ju
     encoder = ChatEncoder(tokenizer, cfg.model.max_prompt_tokens)
     _check_prompts(encoder, seeds, exemplars, w.exemplars)
     engine = engine or build_rollout_engine(cfg.rollout.backend, model, tokenizer, cfg.model.max_prompt_tokens,
-                                            cfg.rollout.batch_size, rollout=cfg.rollout, model_config=cfg.model,
+                                            cfg.rollout.batch_size, dtype=cfg.rollout.dtype, rollout=cfg.rollout, model_config=cfg.model,
                                             seed=cfg.run.seed)
     for name in (WARMSTART_FILE, PAIRS_FILE, TRIES_FILE):
         (run_dir / name).unlink(missing_ok=True)
