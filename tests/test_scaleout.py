@@ -597,7 +597,8 @@ def test_training_with_the_server_backend_matches_the_hf_backend(served, tmp_pat
     # A large learning rate so that one update changes the greedy rollouts of step 2: a stale adapter on
     # the server would then change the rewards (checked by breaking the refresh on purpose).
     greedy = ["run.max_steps=2", "run.checkpoint_every=2", "rollout.attacker.temperature=0",
-              "rollout.defender.temperature=0", "run.threads=1", "rl.learning_rate=0.05"]
+              "rollout.defender.temperature=0", "run.threads=1", "rl.learning_rate=0.05",
+              "rollout.backend=hf"]
     hf_cfg = load_config(REPO / "configs" / "tiny.yaml", greedy)
     vllm_cfg = load_config(REPO / "configs" / "tiny.yaml", greedy + [
         "rollout.backend=vllm", "rollout.vllm.mode=server", f"rollout.vllm.base_url={server.url}",

@@ -54,6 +54,21 @@ def test_train_then_resume_adds_exactly_one_step(tmp_path):
     assert json.loads((run / "summary.json").read_text())["steps_run"] == 1
 
 
+def test_bf16_defaults_train_resume_and_keep_float32_weights(tmp_path):
+    """The defaults (bf16 rollouts from the native engine, bf16 autocast updates) run, resume and keep
+    float32 master weights."""
+    run = tmp_path / "run"
+    bf16 = ["--set", "rollout.dtype=bfloat16", "--set", "rl.compute_dtype=bfloat16", "--set", "rollout.backend=auto"]
+    for steps, extra in ((2, []), (3, ["--resume"])):
+        res = CliRunner().invoke(app, ["train", "-c", TINY, "-o", str(run), "--quiet", *extra, *bf16,
+                                       "--set", f"run.max_steps={steps}", "--set", "run.checkpoint_every=1"])
+        assert res.exit_code == 0, res.output
+    assert [r["step"] for r in rows(run)] == [1, 2, 3]
+    assert any(not r["update_skipped"] for r in rows(run))
+    weights = load_file(ckpt.latest_checkpoint(run) / "weights" / "adapter_model.safetensors")
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
+
+
 def test_resume_restores_weights_rng_and_pool_exactly(tmp_path):
     """Two steps straight == one step, crash, resume one step (same seed): identical metrics and weights."""
     straight, resumed = tmp_path / "a", tmp_path / "b"

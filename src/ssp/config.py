@@ -197,6 +197,9 @@ class RLConfig(_Strict):
     reflect_sft_weight: float = Field(0.1, ge=0.0, description="SFT weight on safe reflective answers")
     max_grad_norm: float = Field(1.0, gt=0.0)
     micro_batch_size: int = Field(4, ge=1)
+    compute_dtype: Literal["bfloat16", "float32"] = Field(
+        "bfloat16", description="bfloat16: forward and backward matmuls under autocast (weights, gradients and "
+        "optimizer stay float32; log-softmax in float32); float32: everything in float32")
     epochs: int = Field(1, ge=1, description="optimisation passes over each step's samples")
     adv_eps: float = Field(1e-4, gt=0.0)
     max_nonfinite_steps: int = Field(3, ge=1, description="stop after this many non-finite updates in a row")

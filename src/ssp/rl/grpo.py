@@ -68,6 +68,13 @@ def completion_logprobs(model, input_ids, attention, positions, completion) -> t
     return torch.log_softmax(logits[select], dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
+def autocast(device: torch.device, compute_dtype: str):
+    """bf16 autocast for the update's forward passes (master weights stay float32), or nothing."""
+    if compute_dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def _unwrap(model):
     """The module inside a DDP-style wrapper."""
     return getattr(model, "module", model)
@@ -143,9 +150,10 @@ def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad
         batches += [[blank] for _ in range(min_micro_batches - len(batches))]
     role_weight = {"attacker": cfg.attacker_weight, "defender": cfg.defender_weight}
 
+    amp = autocast(device, cfg.compute_dtype)
     old_logps = None
     if cfg.epochs > 1:  # later epochs need the behaviour policy's log-probs, fixed before the first step
-        with torch.no_grad():
+        with torch.no_grad(), amp:
             old_logps = [completion_logprobs(model, *collate(b, pad_id, device)) for b in batches]
 
     model.train()
@@ -162,9 +170,10 @@ def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad
 
             ref_logp = None
             if cfg.kl_coef > 0:
-                with torch.no_grad(), reference_policy(model, reference_model) as ref:
+                with torch.no_grad(), reference_policy(model, reference_model) as ref, amp:
                     ref_logp = completion_logprobs(ref, *tensors)
-            logp = completion_logprobs(model, *tensors)
+            with amp:
+                logp = completion_logprobs(model, *tensors)
             old = old_logps[b] if old_logps is not None else logp.detach()
             loss_tokens, kl = token_loss_terms(
                 logp, old, ref_logp,

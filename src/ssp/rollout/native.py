@@ -161,9 +161,14 @@ class NativeRolloutEngine:
         self.refresh_weights()
 
     # -- weights -----------------------------------------------------------------------------------
-    @torch.no_grad()
     def refresh_weights(self) -> None:
-        """Rebuild the decoding weights from the policy (LoRA merged), in the engine's dtype."""
+        """The policy changed: the next `generate` rebuilds the decoding weights from it. Lazy, so weights
+        loaded into the policy after the engine was built (a resumed checkpoint) are what it decodes with."""
+        self._stale = True
+
+    @torch.no_grad()
+    def _build_weights(self) -> None:
+        """The decoding weights from the policy (LoRA merged, q/k/v and gate/up fused), in the engine's dtype."""
         from ssp.rollout.vllm import export_weights
 
         w = {name: t.to(self.dtype, copy=True) for name, t in export_weights(self.model, only_changed=False)}
@@ -188,6 +193,7 @@ class NativeRolloutEngine:
                 down=get(p + "mlp.down_proj.weight"),
             ))
         self._rope_len = 0
+        self._stale = False
 
     def _rope(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin tables [length, head_dim] from the model's own rotary module (its scaling included)."""
@@ -249,6 +255,8 @@ class NativeRolloutEngine:
         jobs = [(i, ids, trunc) for i, (ids, trunc) in enumerate(encoded) for _ in range(n)]
         if not jobs:
             return [[] for _ in requests]
+        if self._stale:
+            self._build_weights()
         outputs = self._run([ids for _, ids, _ in jobs], sampling)
         results: list[list[Completion]] = [[] for _ in requests]
         for (i, prompt, trunc), (ids, finished) in zip(jobs, outputs):
@@ -267,8 +275,9 @@ class NativeRolloutEngine:
         pending = deque(sorted(range(len(prompts)), key=lambda j: len(prompts[j])))
         slots = min(self.batch_size, len(prompts))
         width_max = max(len(p) for p in prompts) + max_new
-        cache = [(torch.empty(slots, self.n_kv, width_max, self.head_dim, dtype=self.dtype),
-                  torch.empty(slots, self.n_kv, width_max, self.head_dim, dtype=self.dtype)) for _ in self.layers]
+        # Zeros, not empty: masked columns get weight 0, and 0 × a NaN left in uninitialised memory is NaN.
+        cache = [(torch.zeros(slots, self.n_kv, width_max, self.head_dim, dtype=self.dtype),
+                  torch.zeros(slots, self.n_kv, width_max, self.head_dim, dtype=self.dtype)) for _ in self.layers]
         job = [-1] * slots  # the prompt each slot works on (-1: free)
         pos = torch.zeros(slots, dtype=torch.long)  # where each slot writes its next token
         last = torch.zeros(slots, dtype=torch.long)  # each slot's latest token (input of the next step)
