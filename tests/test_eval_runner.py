@@ -175,3 +175,13 @@ def test_chunk_items_fills_batches():
 
     assert chunk_items(1, 16) == 32 and chunk_items(12, 16) == 4 and chunk_items(4, 16) == 8
     assert chunk_items(40, 16) == 1 and chunk_items(5, 16) * 5 <= 4 * 16
+
+
+def test_cli_errors_are_never_wrapped(app, tmp_path):
+    """An error naming a long path comes out on one line, whatever the path length (rich wraps at 80 columns)."""
+    deep = tmp_path / ("long-folder-name-" * 8) / "adapter"
+    deep.mkdir(parents=True)
+    r = runner.invoke(app, ["eval", "-b", "xstest=x.csv", "--adapter", str(deep), "-o", str(tmp_path / "y")])
+    assert r.exit_code == 2
+    lines = [line for line in r.output.splitlines() if "no peft adapter" in line]
+    assert len(lines) == 1 and str(deep) in lines[0], r.output

@@ -14,8 +14,12 @@ console = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print an error and exit; the message is escaped since it holds user text (keys, paths)."""
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    """Print an error and exit; the message is escaped since it holds user text (keys, paths).
+
+    soft_wrap: the message goes out on one line whatever the terminal width, so a long path never splits a phrase
+    (and scripts can grep it); the terminal wraps it for display.
+    """
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
