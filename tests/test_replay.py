@@ -596,3 +596,17 @@ def test_pool_agrees_with_the_reference_model(ops):
                 check(pool)
         with ExperiencePool(path, cfg) as pool:  # the mirror rebuilt from the file agrees too
             check(pool)
+
+
+def test_paths_with_uri_characters_open_read_only_and_restore(tmp_path):
+    """'?', '#', '%' and spaces in a folder name survive the read-only SQLite URI (they are percent-escaped)."""
+    odd = tmp_path / "run ?x=1 #2 %41"
+    cfg = ReplayConfig()
+    with ExperiencePool(odd / "pool.sqlite", cfg) as pool:
+        pool.admit([cand("odd path", 0.0)], step=1)
+        pool.snapshot(odd / "ckpt" / "pool.sqlite")
+    with ExperiencePool(odd / "pool.sqlite", cfg, readonly=True) as ro:
+        assert [e.goal for e in ro.all_entries()] == ["odd path"]
+    with ExperiencePool.restore(odd / "ckpt" / "pool.sqlite", odd / "restored.sqlite", cfg) as restored:
+        assert len(restored) == 1
+    assert not list(tmp_path.glob("run ?x=1*/*%*")) and not (tmp_path / "run ").exists()

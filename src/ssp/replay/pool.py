@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from ssp.config import ReplayConfig
+from ssp.fsutil import fsync_dir, fsync_file, sqlite_readonly_uri
 
 SCHEMA_VERSION = 1
 CACHE_KIB = 65536  # SQLite page cache per connection (64 MiB): keeps the dedup index hot at 10^6 entries
@@ -336,8 +337,8 @@ class ExperiencePool:
         if readonly:
             if not self.path.exists():
                 raise PoolError(f"experience pool not found: {self.path}")
-            uri = "file:" + self.path.resolve().as_posix().replace("?", "%3F").replace("#", "%23") + "?mode=ro"
-            self._conn: sqlite3.Connection | None = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
+            self._conn: sqlite3.Connection | None = sqlite3.connect(sqlite_readonly_uri(self.path), uri=True,
+                                                                    isolation_level=None, timeout=30.0)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
@@ -693,9 +694,9 @@ class ExperiencePool:
             out.execute("PRAGMA journal_mode=DELETE")
         finally:
             out.close()
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         return dest
 
     @classmethod
@@ -711,9 +712,8 @@ class ExperiencePool:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".restore.tmp")
         tmp.unlink(missing_ok=True)
-        uri = "file:" + snapshot.resolve().as_posix().replace("?", "%3F").replace("#", "%23") + "?mode=ro"
         try:
-            src = sqlite3.connect(uri, uri=True, isolation_level=None)
+            src = sqlite3.connect(sqlite_readonly_uri(snapshot), uri=True, isolation_level=None)
             try:
                 row = src.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
                 if row is None or row[0] != SCHEMA_VERSION:
@@ -732,11 +732,11 @@ class ExperiencePool:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        _fsync_file(tmp)
+        fsync_file(tmp)
         for suffix in ("-journal", "-wal", "-shm"):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         return cls(path, cfg)
 
     @staticmethod
@@ -746,7 +746,7 @@ class ExperiencePool:
         for suffix in ("-journal", "-wal", "-shm", ""):
             path.with_name(path.name + suffix).unlink(missing_ok=True)
         if path.parent.exists():
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
 
 def _check_reward(x: object, what: str) -> float:
@@ -758,23 +758,3 @@ def _check_reward(x: object, what: str) -> float:
         raise ValueError(f"{what}: must be a finite number in [0, 1], got {x!r}")
     return v
 
-
-def _fsync_file(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(p: Path) -> None:
-    try:
-        fd = os.open(p, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
