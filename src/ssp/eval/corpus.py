@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def _hash(goal: str, attack: str) -> str:
-    from ssp.replay.pool import text_hash
+    from ssp.replay.text import text_hash
 
     return text_hash(goal, attack)
 
