@@ -124,8 +124,12 @@ class NoDefense:
     def settings(self) -> dict[str, Any]:
         return {"name": self.name}
 
+    def request(self, prompt: str) -> ChatRequest:
+        """The conversation the model sees for one attack prompt (subclasses change only this)."""
+        return defender_request(prompt)
+
     def respond(self, prompts: list[str]) -> list[DefenseResponse]:
-        outs = self.target.generate([defender_request(p) for p in prompts])
+        outs = self.target.generate([self.request(p) for p in prompts])
         return [DefenseResponse(text=o[0].text, finished=o[0].finished, generations=1,
                                 tokens=len(o[0].completion_ids),
                                 meta={"prompt_truncated": True} if o[0].prompt_truncated else {})
@@ -166,7 +170,7 @@ SELF_REMINDER_SUFFIX = (
 )
 
 
-class SelfReminder:
+class SelfReminder(NoDefense):
     """Self-Reminder: the prompt wrapped in a responsibility system prompt and a trailing reminder.
 
     `system_role`: `system` puts the reminder in a system message; `user` prepends it to the user turn
@@ -210,13 +214,6 @@ class SelfReminder:
         if self._role() == "user":
             return ChatRequest(messages=[{"role": "user", "content": self.system + self.separator + user}])
         return ChatRequest(messages=[{"role": "system", "content": self.system}, {"role": "user", "content": user}])
-
-    def respond(self, prompts: list[str]) -> list[DefenseResponse]:
-        outs = self.target.generate([self.request(p) for p in prompts])
-        return [DefenseResponse(text=o[0].text, finished=o[0].finished, generations=1,
-                                tokens=len(o[0].completion_ids),
-                                meta={"prompt_truncated": True} if o[0].prompt_truncated else {})
-                for o in outs]
 
 
 @register_defense("self_reminder")
