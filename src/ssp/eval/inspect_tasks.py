@@ -37,35 +37,27 @@ except ImportError as e:  # pragma: no cover - exercised only without the option
 
 from ssp.eval.attacks import load_templates
 from ssp.eval.benchmarks import load_benchmarks, parse_benchmark_spec
-from ssp.eval.metrics import wilson_interval
+from ssp.eval.metrics import wilson_bounds
 from ssp.game.prompts import ATTACK_OPEN, attacker_request, load_strategy_hints, parse_attack
 from ssp.judges.base import JudgeInput, build_judge
 
 
-def _binary(scores: list[SampleScore]) -> tuple[int, int]:
-    vals = [s.score.as_float() for s in scores]
-    vals = [v for v in vals if v == v]  # drop NaN (invalid judgments)
-    return int(sum(1 for v in vals if v >= 0.5)), len(vals)
+def _wilson_metric(side: int) -> Any:
+    # The annotation matters: inspect passes SampleScore objects only to metrics that declare them.
+    def compute(scores: list[SampleScore]) -> float:
+        return wilson_bounds([s.score.as_float() for s in scores])[side]
+
+    return compute
 
 
 @metric
 def wilson_low() -> Any:
-    def compute(scores: list[SampleScore]) -> float:
-        k, n = _binary(scores)
-        ci = wilson_interval(k, n)
-        return ci[0] if ci else float("nan")
-
-    return compute
+    return _wilson_metric(0)
 
 
 @metric
 def wilson_high() -> Any:
-    def compute(scores: list[SampleScore]) -> float:
-        k, n = _binary(scores)
-        ci = wilson_interval(k, n)
-        return ci[1] if ci else float("nan")
-
-    return compute
+    return _wilson_metric(1)
 
 
 _RATE_METRICS = [mean(), stderr(), wilson_low(), wilson_high()]
