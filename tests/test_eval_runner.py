@@ -143,11 +143,11 @@ def test_eval_errors_are_readable(app, data, tmp_path):
     assert r.exit_code == 2 and "no peft adapter" in r.output
     r = runner.invoke(app, ["compare", str(tmp_path)])
     assert r.exit_code == 2
-    from ssp.eval.runner import _FolderLock
+    from ssp.eval.runner import folder_lock
 
     busy = tmp_path / "busy"
     busy.mkdir()
-    with _FolderLock(busy / ".lock"):
+    with folder_lock(busy / ".lock"):
         r = runner.invoke(app, ["eval", "-b", f"xstest={data / 'xs.csv'}", "-o", str(busy)])
     assert r.exit_code == 2 and "another `ssp eval`" in r.output
 

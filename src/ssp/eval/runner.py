@@ -11,17 +11,19 @@ Output folder:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field
 
 from ssp.config import ModelConfig, SamplingConfig
@@ -315,7 +317,7 @@ class Evaluation:
     # -- run
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
-        with _FolderLock(self.out / ".lock"):
+        with folder_lock(self.out / ".lock"):
             return self._run()
 
     def _run(self) -> dict[str, Any]:
@@ -418,30 +420,20 @@ def run_eval(settings: EvalSettings, output: str | Path, *, progress: bool = Tru
     return results
 
 
-class _FolderLock:
-    """One `ssp eval` per output folder at a time (two writers would interleave generations.jsonl)."""
+@contextlib.contextmanager
+def folder_lock(path: Path) -> Iterator[None]:
+    """One `ssp eval` per output folder at a time (two writers would interleave generations.jsonl).
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._f = None
-
-    def __enter__(self) -> "_FolderLock":
-        import fcntl
-
-        self._f = open(self.path, "w")
-        try:
-            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._f.close()
-            raise EvalError(f"another `ssp eval` is writing to {self.path.parent}; wait for it or use another --output") from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import fcntl
-
-        if self._f is not None:
-            fcntl.flock(self._f, fcntl.LOCK_UN)
-            self._f.close()
+    filelock: an OS lock (flock on POSIX, msvcrt on Windows) that the OS drops when the process dies."""
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise EvalError(f"another `ssp eval` is writing to {path.parent}; wait for it or use another --output") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class _Progress:
