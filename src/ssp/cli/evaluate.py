@@ -176,7 +176,7 @@ def evaluate(
 
 
 def print_results(results: dict[str, Any]) -> None:
-    from ssp.eval.report import num, pct
+    from ssp.eval.results import num, pct
 
     t = Table(title="evaluation (rates with Wilson 95% CI)")
     for col in ("suite", "attack", "n", "harmful ASR", "compliance", "refusal", "mean score", "invalid", "self-BLEU"):

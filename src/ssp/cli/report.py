@@ -19,15 +19,13 @@ def report(
 ) -> None:
     """One self-contained HTML report: plots over steps, top discovered attacks (training) or results (eval)."""
     from ssp.eval.report import build_eval_report, build_training_report
+    from ssp.eval.rundata import read_eval_folder
 
     if not run.is_dir():
         fail(f"{run}: not a folder")
     output = output or run / "report.html"
     if (run / "results.json").is_file():
-        results = json.loads((run / "results.json").read_text(encoding="utf-8"))
-        gen = run / "generations.jsonl"
-        records = [json.loads(x) for x in gen.read_text(encoding="utf-8").splitlines() if x.strip()] if gen.is_file() else []
-        html = build_eval_report(results, records)
+        html = build_eval_report(*read_eval_folder(run))
         kind = "evaluation"
     elif (run / "metrics.jsonl").is_file() or (run / "pool.sqlite").is_file():
         html = build_training_report(run, top_n=top)

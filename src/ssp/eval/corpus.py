@@ -67,11 +67,11 @@ def collect_attacks(folder: str | Path, include_direct: bool = False) -> list[di
     corpus = _Corpus()
     found_source = False
     if (folder / "pool.sqlite").is_file():
-        from ssp.eval.report import PoolReadError, pool_entries
+        from ssp.eval.rundata import PoolReadError, read_pool
 
         found_source = True
         try:
-            _, _, entries = pool_entries(folder)
+            entries = read_pool(folder).entries
         except PoolReadError as e:
             log.warning("%s; exporting from exchanges.jsonl only", e)
             entries = []

@@ -174,12 +174,22 @@ def build_results(records: Iterable[dict[str, Any]], suites: list[dict[str, Any]
 # ------------------------------------------------------------------------------------------ compare
 
 
-def _fmt_rate(d: dict[str, Any] | None) -> str:
-    r = rate_from_dict(d)
-    if r is None or not r.n:
+def pct(d: dict[str, Any] | None, ci: bool = True) -> str:
+    """A rate of results.json as "50.0% [9.5, 90.5] (1/2)": percent, Wilson 95% CI, counts; "—" without one."""
+    if not d or d.get("rate") is None:
         return "—"
-    lo, hi = r.ci  # type: ignore[misc]
-    return f"{100 * r.k / r.n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({r.k}/{r.n})"
+    s = f"{100 * d['rate']:.1f}%"
+    if ci and d.get("ci_low") is not None:
+        s += f" [{100 * d['ci_low']:.1f}, {100 * d['ci_high']:.1f}]"
+    return s + f" ({d['k']}/{d['n']})"
+
+
+def num(x: Any, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
 
 
 def compare_results(results: list[dict[str, Any]], labels: list[str],
@@ -231,7 +241,7 @@ def compare_table(rows: list[dict[str, Any]], labels: list[str]) -> tuple[list[s
     for row in rows:
         cells = [row["suite"], row["attack"], row["metric"] + (" *" if row["headline"] else "")]
         for i, col in enumerate(row["columns"]):
-            cells.append(_fmt_rate(col["value"]))
+            cells.append(pct(col["value"]))
             if i == 0:
                 continue
             if col.get("delta") is None:

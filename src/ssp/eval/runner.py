@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ssp.config import ModelConfig, SamplingConfig
 from ssp.eval.attacks import ATTACKS, Attack, AttackEnv, build_attack
 from ssp.eval.benchmarks import BenchmarkItem, BenchmarkSpec, Suite, load_benchmarks, parse_benchmark_spec
+from ssp.records import read_log
 
 log = logging.getLogger(__name__)
 
@@ -406,9 +407,7 @@ def write_outputs(results: dict[str, Any], out: Path, report: bool = True) -> No
     if report:
         from ssp.eval.report import build_eval_report
 
-        records = [json.loads(line) for line in (out / GENERATIONS_FILE).read_text(encoding="utf-8").splitlines()
-                   if line.strip()] if (out / GENERATIONS_FILE).exists() else []
-        html = build_eval_report(results, records)
+        html = build_eval_report(results, read_log(out / GENERATIONS_FILE))
         (out / REPORT_FILE).write_text(html, encoding="utf-8")
 
 
