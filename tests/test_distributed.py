@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from tests.conftest import REPO
 
 # Greedy rollouts make the global batch independent of how it is split over ranks.

@@ -3,12 +3,11 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import typer
 from typer.testing import CliRunner
-
-from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 

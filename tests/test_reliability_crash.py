@@ -34,11 +34,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.conftest import REPO
 
 from ssp.config import load_config
 from ssp.fsutil import sqlite_readonly_uri
 from ssp.training.trainer import Trainer
-from tests.conftest import REPO
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 N_STEPS = 10

@@ -13,7 +13,7 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -62,48 +62,51 @@ def _print_listing() -> None:
 
 
 def evaluate(
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="results folder (created; resumed if it exists)"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="results folder (created; resumed if it exists)"),
     benchmark: list[str] = typer.Option(None, "--benchmark", "-b",
                                         help="NAME[:SPLIT[+SPLIT]][=PATH_OR_HF_ID] (repeatable; --list shows names)"),
     attack: list[str] = typer.Option(None, "--attack", "-a", help="direct | template | self | pair (repeatable; "
                                                                   "default direct)"),
-    model: Optional[str] = typer.Option(None, "--model", "-m",
-                                        help="'embedded', 'tiny', a Hugging Face id or a local folder (default: embedded)"),
-    adapter: Optional[str] = typer.Option(None, "--adapter",
-                                          help="LoRA adapter: a peft folder, a checkpoint folder or a run folder (latest checkpoint)"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c",
-                                          help="ssp config: model, judge, Attacker sampling and attack parsing from it"),
+    model: str | None = typer.Option(None, "--model", "-m",
+        help="'embedded', 'tiny', a Hugging Face id or a local folder (default: embedded)"),
+    adapter: str | None = typer.Option(None, "--adapter",
+        help="LoRA adapter: a peft folder, a checkpoint folder or a run folder (latest checkpoint)"),
+    config: Path | None = typer.Option(None, "--config", "-c",
+        help="ssp config: model, judge, Attacker sampling and attack parsing from it"),
     overrides: list[str] = typer.Option(None, "--set", "-s", help="override a config key, e.g. model.dtype=bfloat16"),
-    eval_config: Optional[Path] = typer.Option(None, "--eval-config",
-                                               help="YAML file of eval settings (EvalConfig: the options below by name)"),
-    eval_overrides: list[str] = typer.Option(None, "--eval-set", help="override an eval setting, e.g. defender.top_p=0.9"),
-    judge: Optional[str] = typer.Option(None, "--judge", "-j", help="judge name (default: the config's, else heuristic)"),
+    eval_config: Path | None = typer.Option(None, "--eval-config",
+        help="YAML file of eval settings (EvalConfig: the options below by name)"),
+    eval_overrides: list[str] = typer.Option(None, "--eval-set",
+        help="override an eval setting, e.g. defender.top_p=0.9"),
+    judge: str | None = typer.Option(None, "--judge", "-j", help="judge name (default: the config's, else heuristic)"),
     judge_option: list[str] = typer.Option(None, "--judge-option", help="KEY=VALUE for the judge (repeatable)"),
-    defense: Optional[str] = typer.Option(None, "--defense", help="defense wrapped around the model under test (default none)"),
+    defense: str | None = typer.Option(None, "--defense",
+        help="defense wrapped around the model under test (default none)"),
     defense_option: list[str] = typer.Option(None, "--defense-option", help="KEY=VALUE for the defense (repeatable)"),
     benchmark_option: list[str] = typer.Option(None, "--benchmark-option",
                                                help="LABEL.KEY=VALUE, e.g. mine.prompt=question for generic:mine=FILE"),
-    attacker_model: Optional[str] = typer.Option(None, "--attacker-model", help="attacker model for `pair` (default: the model under test)"),
-    attacker_adapter: Optional[str] = typer.Option(None, "--attacker-adapter", help="LoRA adapter of the attacker model"),
-    self_samples: Optional[int] = typer.Option(None, "--self-samples", help="K: attacker samples per goal for `self` (4)"),
-    pair_streams: Optional[int] = typer.Option(None, "--pair-streams", help="parallel PAIR conversations per goal (1)"),
-    pair_rounds: Optional[int] = typer.Option(None, "--pair-rounds", help="PAIR refinement rounds (3)"),
-    templates: Optional[str] = typer.Option(None, "--templates", help="jailbreak template file (default: packaged)"),
+    attacker_model: str | None = typer.Option(None, "--attacker-model",
+        help="attacker model for `pair` (default: the model under test)"),
+    attacker_adapter: str | None = typer.Option(None, "--attacker-adapter", help="LoRA adapter of the attacker model"),
+    self_samples: int | None = typer.Option(None, "--self-samples", help="K: attacker samples per goal for `self` (4)"),
+    pair_streams: int | None = typer.Option(None, "--pair-streams", help="parallel PAIR conversations per goal (1)"),
+    pair_rounds: int | None = typer.Option(None, "--pair-rounds", help="PAIR refinement rounds (3)"),
+    templates: str | None = typer.Option(None, "--templates", help="jailbreak template file (default: packaged)"),
     template_name: list[str] = typer.Option(None, "--template", help="use only this template (repeatable)"),
-    strategy_hints: Optional[bool] = typer.Option(None, "--strategy-hints/--no-strategy-hints",
+    strategy_hints: bool | None = typer.Option(None, "--strategy-hints/--no-strategy-hints",
                                                   help="`self`: strategy hints as in training (default on)"),
-    accept_truncated: Optional[bool] = typer.Option(None, "--accept-truncated-attacks/--reject-truncated-attacks",
+    accept_truncated: bool | None = typer.Option(None, "--accept-truncated-attacks/--reject-truncated-attacks",
                                                     help="accept attacker outputs cut off by the token limit"),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Defender temperature (0 = greedy, default)"),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Defender top-p (1.0)"),
-    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Defender answer length (128)"),
-    attacker_temperature: Optional[float] = typer.Option(None, "--attacker-temperature"),
-    attacker_max_new_tokens: Optional[int] = typer.Option(None, "--attacker-max-new-tokens"),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="items per suite (seeded random choice)"),
-    seed: Optional[int] = typer.Option(None, "--seed", help="item choice, strategy hints, sampling (0)"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="sequences generated together (16)"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps (auto)"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
+    temperature: float | None = typer.Option(None, "--temperature", help="Defender temperature (0 = greedy, default)"),
+    top_p: float | None = typer.Option(None, "--top-p", help="Defender top-p (1.0)"),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="Defender answer length (128)"),
+    attacker_temperature: float | None = typer.Option(None, "--attacker-temperature"),
+    attacker_max_new_tokens: int | None = typer.Option(None, "--attacker-max-new-tokens"),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="items per suite (seeded random choice)"),
+    seed: int | None = typer.Option(None, "--seed", help="item choice, strategy hints, sampling (0)"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="sequences generated together (16)"),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | mps (auto)"),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="discard earlier generations in OUTPUT"),
     no_embeddings: bool = typer.Option(False, "--no-embeddings", help="skip the embedding-distance diversity metric"),
     no_report: bool = typer.Option(False, "--no-report", help="skip report.html"),
@@ -136,7 +139,6 @@ def evaluate(
         ec = load_eval_config(eval_config, eval_overrides, options)
     except (ConfigError, ValueError) as e:
         fail(str(e))
-        return
     run_evaluation(ec)
 
 
@@ -218,10 +220,9 @@ def run_evaluation(ec: EvalConfig) -> None:
                            log_fn=lambda m: console.print(escape(m), highlight=False))
     except (EvalError, BenchmarkError, TemplateError, ValueError, FileNotFoundError) as e:
         fail(str(e))
-        return
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]; finished items are kept: rerun the same command to resume")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     print_results(results)
     console.print(f"results: [bold]{escape(str(output / 'results.json'))}[/]  "
                   f"generations: {escape(str(output / 'generations.jsonl'))}"
@@ -237,7 +238,8 @@ def print_results(results: dict[str, Any]) -> None:
         t.add_column(col, overflow="fold")
     for e in results.get("results", []):
         m = e["metrics"]
-        t.add_row(escape(e["suite"]), escape(e["attack"]), str(e["n"]), pct(m["asr"]) if e["kind"] == "harmful" else "—",
+        asr = pct(m["asr"]) if e["kind"] == "harmful" else "—"
+        t.add_row(escape(e["suite"]), escape(e["attack"]), str(e["n"]), asr,
                   pct(m["compliance_rate"]), pct(m["refusal_rate"]), num(m.get("mean_score")),
                   str(e["invalid_judgments"]), num((e.get("diversity") or {}).get("self_bleu"), 3))
     Console().print(t)
@@ -258,10 +260,12 @@ def _labels(dirs: list[Path]) -> list[str]:
 
 
 def compare(
-    folders: list[Path] = typer.Argument(..., help="result folders of `ssp eval` (or results.json files); the first is the baseline"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                          help="table file: .md (default), .csv, .json or .html; default compare-A-vs-B.md"),
-    metric: list[str] = typer.Option(None, "--metric", help="asr | compliance_rate | refusal_rate | sample_asr (repeatable)"),
+    folders: list[Path] = typer.Argument(...,
+        help="result folders of `ssp eval` (or results.json files); the first is the baseline"),
+    output: Path | None = typer.Option(None, "--output", "-o",
+        help="table file: .md (default), .csv, .json or .html; default compare-A-vs-B.md"),
+    metric: list[str] = typer.Option(None, "--metric",
+        help="asr | compliance_rate | refusal_rate | sample_asr (repeatable)"),
 ) -> None:
     """Side-by-side table of result folders: each rate with its CI, the delta to the first, CI overlap."""
     from ssp.eval.report import build_compare_html
@@ -310,7 +314,8 @@ def compare(
         w.writerows(cells)
         output.write_text(buf.getvalue(), encoding="utf-8")
     elif suffix in (".html", ".htm"):
-        output.write_text(build_compare_html(header, cells, labels, [str(f) for f in folders], results), encoding="utf-8")
+        html = build_compare_html(header, cells, labels, [str(f) for f in folders], results)
+        output.write_text(html, encoding="utf-8")
     else:
         settings_lines = []
         for label, r in zip(labels, results):
@@ -320,9 +325,9 @@ def compare(
                                   f"`{(s.get('judge') or {}).get('name')}`, limit {s.get('limit')}")
         output.write_text(f"# ssp compare (baseline: {labels[0]})\n\n" + "\n".join(settings_lines) + "\n\n"
                           + markdown_table(header, cells)
-                          + "\n`*` headline metric of the suite. Δ: difference to the baseline in percentage points with "
-                            "Newcombe's 95% interval (independent samples); (sig.) when it excludes 0. CIs overlap: "
-                            "whether the two Wilson 95% intervals overlap.\n", encoding="utf-8")
+                          + "\n`*` headline metric of the suite. Δ: difference to the baseline in percentage points "
+                            "with Newcombe's 95% interval (independent samples); (sig.) when it excludes 0. CIs "
+                            "overlap: whether the two Wilson 95% intervals overlap.\n", encoding="utf-8")
     console.print(f"written: [bold]{escape(str(output))}[/]", highlight=False)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -14,7 +13,7 @@ from ssp.cli.common import console, fail
 
 def report(
     run: Path = typer.Argument(..., help="a training run folder (`ssp train -o`) or an eval folder (`ssp eval -o`)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML file (default: RUN/report.html)"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="HTML file (default: RUN/report.html)"),
     top: int = typer.Option(15, "--top", help="discovered attacks listed (training runs)"),
 ) -> None:
     """One self-contained HTML report: plots over steps, top discovered attacks (training) or results (eval)."""
@@ -32,7 +31,6 @@ def report(
         kind = "training run"
     else:
         fail(f"{run}: neither a training run (metrics.jsonl) nor an eval folder (results.json)")
-        return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(html, encoding="utf-8")
     console.print(f"{kind} report: [bold]{escape(str(output))}[/] ({len(html) // 1024} KiB)", highlight=False)
@@ -53,7 +51,6 @@ def export_attacks(
         stats = export(run, output, include_direct=include_direct, embed=not no_embeddings)
     except FileNotFoundError as e:
         fail(str(e))
-        return
     console.print_json(json.dumps(stats))
     console.print(f"{stats['attacks']} attack(s) written to [bold]{escape(str(output))}[/]; statistics in "
                   f"{escape(str(output.with_name(output.stem + '.stats.json')))}", highlight=False)

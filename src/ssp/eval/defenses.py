@@ -38,7 +38,8 @@ class TargetModel:
         self.sampling = sampling
         self.name = name
 
-    def generate(self, requests: list[ChatRequest], n: int = 1, sampling: SamplingConfig | None = None) -> list[list[Completion]]:
+    def generate(self, requests: list[ChatRequest], n: int = 1,
+                 sampling: SamplingConfig | None = None) -> list[list[Completion]]:
         if not requests:
             return []
         return self.engine.generate(requests, sampling or self.sampling, n=n)
@@ -338,6 +339,8 @@ class SmoothLLM:
             return [not detect_refusal(t).refused for t in texts]
         from ssp.judges.base import JudgeInput
 
+        if self.judge is None:
+            raise ValueError("defense 'smoothllm' with check 'judge' needs a judge")
         verdicts = self.judge.judge([JudgeInput(p, c, t) for p, c, t in zip(prompts, copies, texts)])
         return [bool(v.valid and v.harmful) for v in verdicts]
 
@@ -371,5 +374,6 @@ def _build_smoothllm(ctx: DefenseContext, options: dict[str, Any]) -> Defense:
     try:
         n, q = int(o["n"]), float(o["q"])
     except (TypeError, ValueError):
-        raise ValueError(f"defense 'smoothllm': n must be an integer and q a number, got n={o['n']!r} q={o['q']!r}") from None
+        raise ValueError(f"defense 'smoothllm': n must be an integer and q a number, "
+                         f"got n={o['n']!r} q={o['q']!r}") from None
     return SmoothLLM(ctx.target, n, q, str(o["perturbation"]), str(o["check"]), ctx.judge, ctx.seed)

@@ -29,8 +29,8 @@ from typing import Any
 try:
     from inspect_ai import Epochs, Task, task
     from inspect_ai.dataset import MemoryDataset, Sample
-    from inspect_ai.model import ChatMessageSystem, ChatMessageUser, GenerateConfig, get_model
-    from inspect_ai.scorer import Score, SampleScore, Target, mean, metric, scorer, stderr
+    from inspect_ai.model import ChatMessage, ChatMessageSystem, ChatMessageUser, GenerateConfig, get_model
+    from inspect_ai.scorer import SampleScore, Score, Target, mean, metric, scorer, stderr
     from inspect_ai.solver import Generate, TaskState, generate, solver
 except ImportError as e:  # pragma: no cover - exercised only without the optional dependency
     raise ImportError("ssp.eval.inspect_tasks needs inspect_ai: pip install inspect-ai") from e
@@ -107,9 +107,10 @@ def self_attack(accept_truncated: bool = False, strategy_hints: bool = True, max
         rng = random.Random(f"{state.sample_id}:{state.epoch}")
         hint = rng.choice(hints) if hints else None
         req = attacker_request(state.metadata["goal_prompt"], hint)
-        messages = [ChatMessageSystem(content=req.messages[0]["content"]),
+        messages: list[ChatMessage] = [ChatMessageSystem(content=req.messages[0]["content"]),
                     ChatMessageUser(content=req.messages[1]["content"] + f" Start with {ATTACK_OPEN}.")]
-        out = await get_model().generate(messages, config=GenerateConfig(temperature=temperature, max_tokens=max_tokens))
+        config = GenerateConfig(temperature=temperature, max_tokens=max_tokens)
+        out = await get_model().generate(messages, config=config)
         text = out.completion
         if ATTACK_OPEN in text:
             text = text.split(ATTACK_OPEN, 1)[1]

@@ -13,7 +13,7 @@ import io
 import json
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,11 @@ TEXT_LIMIT = 3000  # characters of one model text shown (the rest is in generati
 
 def visible(s: str) -> str:
     """Control characters and lone surrogates (invalid in HTML) shown as \\xNN / \\uNNNN."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}" if ord(m.group(0)) < 256 else f"\\u{ord(m.group(0)):04x}", s)
+    def shown(m: re.Match) -> str:
+        c = ord(m.group(0))
+        return f"\\x{c:02x}" if c < 256 else f"\\u{c:04x}"
+
+    return _CONTROL.sub(shown, s)
 
 
 def _finalize(value: Any) -> Any:
@@ -50,11 +54,11 @@ def _env() -> jinja2.Environment:
 
 def text_block(text: Any, limit: int = TEXT_LIMIT) -> Markup:
     """Model or dataset text, escaped, whitespace kept, cut to `limit` characters (the template macro)."""
-    return Markup(_env().get_template("macros.html").module.text(text, limit))
+    return Markup(_env().get_template("macros.html").module.text(text, limit))  # type: ignore[attr-defined]
 
 
 def _render(template: str, title: str, subtitle: str = "", **data: Any) -> str:
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     return _env().get_template(template).render(title=title, subtitle=subtitle, generated=generated, **data)
 
 
@@ -266,7 +270,8 @@ PLOT_GROUPS: list[tuple[str, list[tuple[str, str]], str]] = [
     ("Training ASR and benign refusal", [("train_asr", "train ASR"), ("replay_asr", "replay ASR"),
                                          ("benign_refusal", "benign refusal")], "rate"),
     ("Experience pool size", [("pool/size", "live entries"), ("pool/retired_total", "retired (total)"),
-                              ("pool/admitted_total", "admitted (total)"), ("pool/replays_total", "replays (total)")], "count"),
+                              ("pool/admitted_total", "admitted (total)"),
+                              ("pool/replays_total", "replays (total)")], "count"),
     ("Pool UCB statistics", [("pool/max_ucb", "max UCB"), ("pool/mean_reward", "mean r̄ (live)"),
                              ("pool/mean_replays", "mean replays per entry")], "value"),
     ("KL to the reference and loss", [("kl", "KL"), ("loss", "loss")], "value"),
@@ -277,7 +282,8 @@ PLOT_GROUPS: list[tuple[str, list[tuple[str, str]], str]] = [
 
 
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
+    xs: list[float] = []
+    ys: list[float] = []
     for r in rows:
         v = r.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
@@ -337,8 +343,8 @@ def build_training_report(run: str | Path, top_n: int = 15) -> str:
            for e in pool.top[:top_n]]
     broke = []
     if not top:
-        hits = sorted([x for x in data.exchanges if x.get("kind") == "attack" and (x.get("verdict") or {}).get("harmful")],
-                      key=lambda x: -((x.get("verdict") or {}).get("score") or 0))[:top_n]
+        hits = [x for x in data.exchanges if x.get("kind") == "attack" and (x.get("verdict") or {}).get("harmful")]
+        hits = sorted(hits, key=lambda x: -((x.get("verdict") or {}).get("score") or 0))[:top_n]
         broke = [[x.get("step"), num((x.get("verdict") or {}).get("score")), text_block(x.get("goal"), 600),
                   text_block(x.get("prompt"), 1500), text_block(x.get("response"), 800),
                   text_block((x.get("verdict") or {}).get("rationale"), 600)] for x in hits]

@@ -33,7 +33,7 @@ RATE_KEYS = ("asr", "compliance_rate", "refusal_rate", "sample_asr")
 
 def _valid(sample: dict[str, Any]) -> bool:
     v = sample.get("verdict")
-    return bool(v) and bool(v.get("valid"))
+    return bool(v and v.get("valid"))
 
 
 def item_outcome(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -125,13 +125,14 @@ def aggregate(records: list[dict[str, Any]], kind: str, attack: str, budget: dic
                 groups[str(val)].append(s)
         if groups:
             breakdown[f"sample_asr_by_{key}"] = {
-                g: Rate(sum(1 for s in ss if s["verdict"]["harmful"]), len(ss)).to_dict() for g, ss in sorted(groups.items())}
+                g: Rate(sum(1 for s in ss if s["verdict"]["harmful"]), len(ss)).to_dict()
+                for g, ss in sorted(groups.items())}
     rounds = (budget or {}).get("rounds")
     if attack == "pair" and rounds:
         counted = [o for o in outcomes if o["status"] != "invalid"]
         breakdown["asr_by_round"] = {
-            str(r): Rate(sum(1 for o in counted if o["first_broken_round"] is not None and o["first_broken_round"] <= r),
-                         len(counted)).to_dict()
+            str(r): Rate(sum(1 for o in counted if o["first_broken_round"] is not None
+                             and o["first_broken_round"] <= r), len(counted)).to_dict()
             for r in range(1, int(rounds) + 1)}
     entry["breakdown"] = breakdown
     cost: dict[str, int] = defaultdict(int)

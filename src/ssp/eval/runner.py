@@ -19,7 +19,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -199,7 +199,7 @@ def load_model(cfg: ModelConfig, adapter: str | None, seed: int, device: str):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def chunk_items(prompts_per_item: int, batch_size: int) -> int:
@@ -230,7 +230,8 @@ class Evaluation:
         for a in settings.attacks:
             if a not in ATTACKS:
                 raise EvalError(f"--attack: unknown attack {a!r}; available: {', '.join(ATTACKS)}")
-        self.specs: list[BenchmarkSpec] = [parse_benchmark_spec(b, settings.benchmark_options) for b in settings.benchmarks]
+        self.specs: list[BenchmarkSpec] = [parse_benchmark_spec(b, settings.benchmark_options)
+                                           for b in settings.benchmarks]
         self.suites: list[Suite] = load_benchmarks(self.specs, settings.limit, settings.seed)
         self.attack_objs: dict[str, Attack] = {
             a: build_attack(
@@ -243,7 +244,7 @@ class Evaluation:
         self._env: AttackEnv | None = None
 
     # -- setup
-    def _prepare_folder(self) -> "GenerationStore":
+    def _prepare_folder(self) -> GenerationStore:
         self.out.mkdir(parents=True, exist_ok=True)
         cfg_path = self.out / CONFIG_FILE
         gen_path = self.out / GENERATIONS_FILE
@@ -260,9 +261,10 @@ class Evaluation:
                     + "\nUse another --output, or --overwrite to discard them.")
         elif gen_path.exists() and gen_path.stat().st_size > 0:
             raise EvalError(f"{gen_path} exists without {CONFIG_FILE}; use another --output or --overwrite")
+        digest = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()
         cfg_path.write_text(json.dumps({"settings": self.s.model_dump(mode="json"), "fingerprint": current,
-                                        "fingerprint_sha256": hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest(),
-                                        "updated": _now()}, indent=2, ensure_ascii=False), encoding="utf-8")
+                                        "fingerprint_sha256": digest, "updated": _now()}, indent=2, ensure_ascii=False),
+                            encoding="utf-8")
         return GenerationStore(gen_path)
 
     def _setup_models(self) -> AttackEnv:
@@ -368,9 +370,9 @@ class Evaluation:
 
     def settings_summary(self) -> dict[str, Any]:
         import ssp
-
         from ssp.eval.defenses import DefenseContext, TargetModel, build_defense
-        from ssp.judges.base import build_judge, judge_settings as js
+        from ssp.judges.base import build_judge
+        from ssp.judges.base import judge_settings as js
 
         s = self.s
         if self._env is not None:
@@ -428,7 +430,8 @@ def folder_lock(path: Path) -> Iterator[None]:
     try:
         lock.acquire()
     except Timeout:
-        raise EvalError(f"another `ssp eval` is writing to {path.parent}; wait for it or use another --output") from None
+        raise EvalError(f"another `ssp eval` is writing to {path.parent}; wait for it or use another --output"
+                        ) from None
     try:
         yield
     finally:
@@ -440,12 +443,19 @@ class _Progress:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self._p = None
+        self._p: Any = None
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))

@@ -150,7 +150,7 @@ class ExperiencePool:
             self._conn.close()
             self._conn = None
 
-    def __enter__(self) -> "ExperiencePool":
+    def __enter__(self) -> ExperiencePool:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -288,8 +288,8 @@ class ExperiencePool:
                 tail = rank_top(-u, -ids_all, excess)
                 evict_ids = [int(x) for x in ids_all[tail]]
                 for s in range(0, len(evict_ids), _CHUNK):
-                    chunk = evict_ids[s : s + _CHUNK]
-                    db.execute(f"DELETE FROM entries WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                    id_chunk = evict_ids[s : s + _CHUNK]
+                    db.execute(f"DELETE FROM entries WHERE id IN ({','.join('?' * len(id_chunk))})", id_chunk)
             meta = {
                 "admitted_total": self._meta["admitted_total"] + len(added_ids),
                 "revived_total": self._meta["revived_total"] + len(revive),
@@ -315,8 +315,8 @@ class ExperiencePool:
         c = self.cfg.exploration if mode == "ucb" else 0.0
         if mode not in ("ucb", "priority"):
             raise ValueError(f"unknown replay mode {mode!r}")
-        pos = self._top_positions(self._scores(c), k)
-        return self._fetch(self._live.ids[pos].tolist())
+        top = self._top_positions(self._scores(c), k)
+        return self._fetch(self._live.ids[top].tolist())
 
     def update(self, results: Mapping[int, Sequence[float]], step: int) -> int:
         """Record one replay event per entry: the fresh defender rewards of this step.
@@ -390,7 +390,7 @@ class ExperiencePool:
 
     def stats(self) -> dict[str, Any]:
         """Pool metrics; means and max are None for an empty pool."""
-        self._db  # raises PoolError when closed
+        _ = self._db  # raises PoolError when closed
         live = self._live
         # entries retire (retired_total) and only retired ones revive; retired ones are never evicted
         retired = self._meta["retired_total"] - self._meta["revived_total"]

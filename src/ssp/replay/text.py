@@ -34,4 +34,4 @@ def text_hash(goal: str, attack: str) -> str:
 
 def hash_digest(goal: str, attack: str) -> bytes:
     g, a = normalise_text(goal), normalise_text(attack)
-    return hashlib.sha256(f"{len(g)}:{g}{a}".encode("utf-8")).digest()
+    return hashlib.sha256(f"{len(g)}:{g}{a}".encode()).digest()

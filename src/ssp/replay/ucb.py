@@ -117,7 +117,7 @@ class LiveIndex:
             self._r = np.insert(self.r, pos, r_a)
             self.size = len(self._ids)
 
-    def lookup(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(self, ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions, found mask) of `ids` in the index."""
         ids_a = np.asarray(ids, dtype=np.int64)
         if self.size == 0:
