@@ -13,7 +13,7 @@ from ssp.eval.attacks import (
     parse_templates,
 )
 from ssp.eval.benchmarks import BenchmarkItem
-from ssp.eval.defenses import AttackerModel, NoDefense, TargetModel, available_defenses, build_defense, DefenseContext
+from ssp.eval.defenses import AttackerModel, DefenseContext, NoDefense, TargetModel, available_defenses, build_defense
 from ssp.eval.results import item_outcome
 from ssp.game.prompts import ATTACKER_SYSTEM, load_strategy_hints
 from ssp.judges.base import Verdict

@@ -6,9 +6,9 @@ import pytest
 
 from ssp.eval.benchmarks import (
     BenchmarkError,
+    limit_suite,
     load_benchmarks,
     load_suites,
-    limit_suite,
     parse_benchmark_spec,
 )
 

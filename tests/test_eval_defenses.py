@@ -12,7 +12,6 @@ from ssp.config import SamplingConfig
 from ssp.eval.defenses import (
     PRINTABLE,
     DefenseContext,
-    SelfReminder,
     SmoothLLM,
     TargetModel,
     available_defenses,

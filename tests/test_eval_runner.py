@@ -3,12 +3,11 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import typer
 from typer.testing import CliRunner
-
-from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,11 +142,11 @@ def test_eval_errors_are_readable(app, data, tmp_path):
     assert r.exit_code == 2 and "no peft adapter" in r.output
     r = runner.invoke(app, ["compare", str(tmp_path)])
     assert r.exit_code == 2
-    from ssp.eval.runner import _FolderLock
+    from ssp.eval.runner import folder_lock
 
     busy = tmp_path / "busy"
     busy.mkdir()
-    with _FolderLock(busy / ".lock"):
+    with folder_lock(busy / ".lock"):
         r = runner.invoke(app, ["eval", "-b", f"xstest={data / 'xs.csv'}", "-o", str(busy)])
     assert r.exit_code == 2 and "another `ssp eval`" in r.output
 
@@ -175,3 +174,56 @@ def test_chunk_items_fills_batches():
 
     assert chunk_items(1, 16) == 32 and chunk_items(12, 16) == 4 and chunk_items(4, 16) == 8
     assert chunk_items(40, 16) == 1 and chunk_items(5, 16) * 5 <= 4 * 16
+
+
+def test_cli_errors_are_never_wrapped(app, tmp_path):
+    """An error naming a long path comes out on one line, whatever the path length (rich wraps at 80 columns)."""
+    deep = tmp_path / ("long-folder-name-" * 8) / "adapter"
+    deep.mkdir(parents=True)
+    r = runner.invoke(app, ["eval", "-b", "xstest=x.csv", "--adapter", str(deep), "-o", str(tmp_path / "y")])
+    assert r.exit_code == 2
+    lines = [line for line in r.output.splitlines() if "no peft adapter" in line]
+    assert len(lines) == 1 and str(deep) in lines[0], r.output
+
+
+def test_eval_config_file_equals_the_command_line(app, data, tmp_path, monkeypatch):
+    """`--eval-config` YAML, `--eval-set` and the options map onto one EvalConfig; options win, then --eval-set."""
+    from ssp.cli import evaluate
+    from ssp.config import ConfigError, load_eval_config
+
+    seen = []
+    monkeypatch.setattr(evaluate, "run_evaluation", seen.append)
+    cli = base_args(data, tmp_path / "ev", extra=["--judge-option", "topicality=false", "--defense", "self_reminder",
+                                                  "--benchmark-option", "xstest.prompt=prompt", "--seed", "3"])
+    yaml_file = tmp_path / "eval.yaml"
+    yaml_file.write_text(f"""
+config: {REPO / 'configs' / 'tiny.yaml'}
+output: {tmp_path / 'ev'}
+benchmarks: ["harmbench={data / 'hb.csv'}", "xstest={data / 'xs.csv'}"]
+benchmark_options: {{xstest: {{prompt: prompt}}}}
+attacks: [direct, template, self, pair]
+template_names: [prefix_injection, roleplay_novelist]
+self_samples: 2
+pair_rounds: 2
+defender: {{max_new_tokens: 6, temperature: 0.5}}
+attacker_max_new_tokens: 8
+limit: 2
+seed: 1
+judge_options: {{topicality: false}}
+defense: self_reminder
+embeddings: false
+progress: false
+""")
+    for args in (cli, ["eval", "--eval-config", str(yaml_file), "--eval-set", "defender.temperature=0", "--seed", "3"]):
+        r = runner.invoke(app, args, catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+    from_cli, from_file = seen
+    assert from_file.seed == 3 and from_file.defender.temperature == 0.0  # option over --eval-set over the file
+    a, b = from_cli.model_dump(), from_file.model_dump()
+    assert {k: (a[k], b[k]) for k in a if a[k] != b[k]} == {}
+    assert evaluate.eval_settings(from_cli) == evaluate.eval_settings(from_file)
+    (tmp_path / "bad.yaml").write_text("benchmarks: [x]\npair_roundz: 2\n")
+    with pytest.raises(ConfigError, match="pair_roundz: unknown key"):
+        load_eval_config(tmp_path / "bad.yaml")
+    r = runner.invoke(app, ["eval", "--eval-config", str(tmp_path / "bad.yaml")])
+    assert r.exit_code == 2 and "pair_roundz: unknown key" in r.output

@@ -116,8 +116,56 @@ def test_nonfinite_loss_skips_the_step(tiny_cfg):
 
 
 def test_multiple_epochs_use_fixed_behaviour_logprobs(tiny_cfg):
-    model, tok = load_policy(tiny_cfg.model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    stats = grpo_update(model, torch.optim.AdamW(params, lr=1e-2), _samples(),
-                        RLConfig(epochs=2, kl_coef=0.0), tok.pad_token_id)
-    assert not stats.skipped and math.isfinite(stats.loss)
+    """Epoch 2's ratio is π_now / π_behaviour with the log-probs taken before epoch 1's step, not π_now / π_now.
+
+    Checked against a direct full-logit computation: at epoch 2's optimizer step the gradient and the reported loss
+    equal those of the clipped objective whose denominator is the first-epoch policy (ratio ≠ 1 by then).
+    """
+    torch.manual_seed(0)
+    model, tok = load_policy(tiny_cfg.model, seed=0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    cfg = RLConfig(epochs=2, kl_coef=0.0, micro_batch_size=2, clip_eps=0.2, max_grad_norm=1e9)
+    samples = _samples()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    total_tokens = sum(len(s.completion_ids) for s in samples)
+
+    def per_sample_logps(s):
+        seq = torch.tensor([s.prompt_ids + s.completion_ids])
+        logp_all = torch.log_softmax(model(input_ids=seq).logits[0].float(), -1)
+        p = len(s.prompt_ids)
+        return logp_all[torch.arange(p - 1, p - 1 + len(s.completion_ids)), torch.tensor(s.completion_ids)]
+
+    def objective(old):
+        loss = 0.0
+        for s, o in zip(samples, old):
+            ratio = torch.exp(per_sample_logps(s) - o)
+            pg = -torch.minimum(ratio * s.advantage, torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * s.advantage)
+            weight = cfg.attacker_weight if s.role == "attacker" else cfg.defender_weight
+            loss = loss + (weight * pg - s.sft_weight * per_sample_logps(s)).sum()
+        return loss / total_tokens
+
+    with torch.no_grad():
+        behaviour = [per_sample_logps(s) for s in samples]
+    seen = []
+
+    class Recorder(torch.optim.SGD):
+        def step(self, closure=None):
+            if len(seen) == 1:  # epoch 2: compute what the gradient should be at these weights
+                fixed = objective(behaviour)
+                want = torch.autograd.grad(fixed, list(params.values()))
+                with torch.no_grad():
+                    fresh = objective([per_sample_logps(s).detach() for s in samples]).item()
+                seen.append((fixed.item(), fresh, want, [p.grad.clone() for p in params.values()]))
+            else:
+                seen.append(None)
+            return super().step(closure)
+
+    stats = grpo_update(model, Recorder(list(params.values()), lr=2.0), samples, cfg, tok.pad_token_id)
+    assert len(seen) == 2 and not stats.skipped
+    fixed_loss, fresh_loss, want, got = seen[1]
+    assert abs(fixed_loss - fresh_loss) > 1e-3  # epoch 1 moved the policy, so the two readings differ
+    assert stats.loss == pytest.approx(fixed_loss, rel=1e-4, abs=1e-6)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)

@@ -1,13 +1,16 @@
-"""Crash safety (issue 7 §1): `kill -9` a real `ssp train` process at seeded random moments, then `--resume`.
+"""Crash safety (issue 7 §1): `kill -9` a real `ssp train` process at chosen points in the code, then `--resume`.
 
-Each kill is followed by checks on a copy of the run folder, resumed in this process exactly as
-`--resume` does it (`Trainer._setup`): it must start from the newest *complete* checkpoint (verified
-here independently: manifest present, every listed file present with its sha256, nothing unlisted),
-hold exactly that checkpoint's experience pool and weights, and have dropped the log rows of steps
-played after it. The real run folder is then resumed by a new `ssp train --resume` process. Some kills
-are aimed at checkpoint writing (the test polls for the `.tmp-step-*` folder); when one leaves a
-temporary folder without a manifest, the test also plants a copy under the final name (a torn
-rename), which must never be loaded either.
+The child (tests/crash_child.py) stops itself before the n-th call of a named function (a step's update, the pool
+admission, each stage of checkpoint writing, the pool restore and the end of setup on resume) and signals it with a
+file; the test then kills it. Where it dies is therefore the same on every machine and every run, and so is the step
+each resume must start from (asserted).
+
+Each kill is followed by checks on a copy of the run folder, resumed in this process exactly as `--resume` does it
+(`Trainer._setup`): it must start from the newest *complete* checkpoint (verified here independently: manifest
+present, every listed file present with its sha256, nothing unlisted), hold exactly that checkpoint's experience pool
+and weights, and have dropped the log rows of steps played after it. The real run folder is then resumed by a new
+`ssp train --resume` process. When a kill inside checkpoint writing leaves a temporary folder without a manifest, the
+test also plants a copy under the final name (a torn rename), which must never be loaded either.
 
 At the end the run is finished without kills: metrics.jsonl holds steps 1..N exactly once, and the
 result equals an uninterrupted reference run with the same seed (metrics, pool, weights).
@@ -18,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
 import signal
@@ -32,25 +34,43 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.conftest import REPO
 
 from ssp.config import load_config
+from ssp.fsutil import sqlite_readonly_uri
 from ssp.training.trainer import Trainer
-from tests.conftest import REPO
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 N_STEPS = 10
 LOG_EXCHANGES = 2
-SEED = 20261128
-KILLS = ["random", "checkpoint", "startup", "checkpoint", "random", "checkpoint"]
+# (what is interrupted, function to stop before, its n-th call in that process [, only calls on paths holding this],
+#  the step the next resume must start from)
+KILLS = [
+    ("step 2: the update", "ssp.training.trainer:grpo_update", 2, None, 1),
+    ("checkpoint 2: weights written, optimizer not", "ssp.training.checkpoint:optimizer_to_files", 1, None, 1),
+    ("resume: restoring the pool", "ssp.replay.pool:ExperiencePool.restore", 1, None, 1),
+    ("checkpoint 2: hashing its files, no manifest", "ssp.training.checkpoint:_sha256", 3, ".tmp-", 1),
+    ("resume: setup done, no step played", "ssp.training.trainer:dump_config", 1, None, 1),
+    ("step 3: pool admission", "ssp.replay.pool:ExperiencePool.admit", 2, None, 2),
+    ("checkpoint 4: pool snapshot", "ssp.replay.pool:ExperiencePool.snapshot", 2, None, 3),
+    ("checkpoint 5: renamed, folder not yet synced", "ssp.training.checkpoint:fsync_dir", 2, None, 5),
+]
+TORN_PLANTED = 2  # the checkpoint 2 weights kill and the checkpoint 4 snapshot kill leave a folder without manifest
 SETS = [f"run.max_steps={N_STEPS}", "run.checkpoint_every=1", f"run.log_exchanges={LOG_EXCHANGES}",
         "rollout.attacker.max_new_tokens=8", "rollout.defender.max_new_tokens=8"]
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
-def spawn(run: Path, resume: bool, log: Path) -> subprocess.Popen:
+def spawn(run: Path, resume: bool, log: Path, stop_at: tuple[Path, str, int, str | None] | None = None
+          ) -> subprocess.Popen:
+    """`ssp train` on the tiny config; with `stop_at` = (marker, function, n, under) it stops itself there."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "ssp", "train", "-c", TINY, "-o", str(run), "--quiet",
-           *(["--resume"] if resume else [])]
+    cmd = [sys.executable, "-m", "ssp"]
+    if stop_at is not None:
+        marker, target, nth, under = stop_at
+        cmd = [sys.executable, "-m", "tests.crash_child", str(marker), target, str(nth), *([under] if under else []),
+               "--"]
+    cmd += ["train", "-c", TINY, "-o", str(run), "--quiet", *(["--resume"] if resume else [])]
     for s in SETS + ["run.threads=1"]:
         cmd += ["--set", s]
     with open(log, "ab") as err:
@@ -94,7 +114,7 @@ def temp_checkpoints(run: Path, since: float = 0.0) -> list[Path]:
 def pool_dump(path: Path) -> list[tuple]:
     if not path.exists():
         return []
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+    with sqlite3.connect(sqlite_readonly_uri(path), uri=True) as db:
         return (db.execute("SELECT * FROM entries ORDER BY id").fetchall()
                 + [("meta",) + r for r in db.execute("SELECT key, value FROM meta ORDER BY key")])
 
@@ -110,19 +130,15 @@ def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def setup_done(run: Path, since: float) -> bool:
-    cfg = run / "config.yaml"  # written at the end of the trainer's setup
-    return cfg.exists() and cfg.stat().st_mtime >= since
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float) -> bool:
+def wait_for_marker(marker: Path, proc: subprocess.Popen, timeout: float) -> bool:
+    """True once the child has reached its stop point (it writes `marker`, then stops itself); False if it exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
+        if marker.exists():
             return True
         if proc.poll() is not None:
-            return False
-        time.sleep(0.002)
+            return marker.exists()
+        time.sleep(0.01)
     return False
 
 
@@ -151,7 +167,8 @@ def resume_check(run: Path, scratch: Path, figures: Counter) -> int:
         if k:
             assert live == expected_pool, "pool differs from the checkpoint's"
         else:  # no checkpoint: a fresh, empty pool
-            assert [e for e in live if e[0] != "meta"] == [] and all(e[2] in (0, 1) for e in live if e[1] != "schema_version")
+            assert [e for e in live if e[0] != "meta"] == []
+            assert all(e[2] in (0, 1) for e in live if e[1] != "schema_version")
         metric_rows = rows(scratch / "metrics.jsonl")
         assert [r["step"] for r in metric_rows] == list(range(1, k + 1)), "log rows after the checkpoint kept"
         if k:
@@ -173,42 +190,23 @@ def resume_check(run: Path, scratch: Path, figures: Counter) -> int:
 
 
 @pytest.mark.timeout(600)
-def test_kill_9_at_random_moments_then_resume(tmp_path):
-    rng = random.Random(SEED)
+def test_kill_9_at_chosen_points_then_resume(tmp_path):
     run, reference, scratch = tmp_path / "run", tmp_path / "reference", tmp_path / "scratch"
     log = tmp_path / "stderr.log"
     figures: Counter = Counter()
     # The uninterrupted reference run shares the two cores with the crash loop (one thread each).
     ref_proc = spawn(reference, resume=False, log=tmp_path / "reference.log")
 
-    resume = False
     history = []
-    for mode in KILLS:
+    for i, (what, target, nth, under, expected_k) in enumerate(KILLS):
+        marker = tmp_path / f"stopped-{i}"
         t_spawn = time.time()
-        proc = spawn(run, resume=resume, log=log)
-        resume = True
-        if mode == "startup":
-            time.sleep(rng.uniform(0.5, 5.0))
-        else:
-            assert wait_for(lambda: setup_done(run, t_spawn), proc, 180), f"no setup: {log.read_text()[-3000:]}"
-            if mode == "random":
-                time.sleep(rng.uniform(0.5, 6.0))  # about 0 to 4 steps
-            else:  # aim at the n-th checkpoint this process writes, while its temporary folder exists
-                nth, seen = rng.randint(1, 3), set()
-
-                def writing() -> bool:
-                    seen.update(p.name for p in temp_checkpoints(run, since=t_spawn))
-                    return len(seen) >= nth
-
-                if not wait_for(writing, proc, 120):
-                    mode += " (missed)"
-                time.sleep(rng.uniform(0.0, 0.03))
-        killed = kill(proc)
-        if not killed:
-            assert proc.returncode == 0, f"training failed by itself: {log.read_text()[-3000:]}"
-            break  # finished before the kill: nothing more to interrupt
+        proc = spawn(run, resume=i > 0, log=log, stop_at=(marker, target, nth, under))
+        if not wait_for_marker(marker, proc, 300):
+            kill(proc)
+            pytest.fail(f"kill {i} ({what}): the child never reached {target} call {nth}: {log.read_text()[-3000:]}")
+        assert kill(proc), f"kill {i} ({what}): the child had exited: {log.read_text()[-3000:]}"
         figures["kills"] += 1
-        figures[f"kills: {mode}"] += 1
         partial = temp_checkpoints(run, since=t_spawn)
         if partial:
             figures["kills that left a partial checkpoint folder"] += 1
@@ -219,7 +217,8 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
                     shutil.copytree(tmp, torn)
                     figures["torn checkpoints planted"] += 1
         k = resume_check(run, scratch, figures)
-        history.append((mode, k, [p.name for p in partial]))
+        history.append((what, k, [p.name for p in partial]))
+        assert k == expected_k, (what, history)
         figures["resume checks passed"] += 1
 
     # Finish without interruption.
@@ -250,7 +249,7 @@ def test_kill_9_at_random_moments_then_resume(tmp_path):
     for name in wa:
         torch.testing.assert_close(wa[name], wb[name], rtol=1e-5, atol=1e-6)
 
-    assert figures["kills"] >= 4, (figures, history)
+    assert figures["kills"] == len(KILLS) and figures["torn checkpoints planted"] == TORN_PLANTED, (figures, history)
     figures["resumes"] = figures["kills"] + 1
     print("\nreliability figures (crash):", json.dumps(dict(figures), sort_keys=True))
-    print("kill history (mode, resumed from step, partial folders):", history)
+    print("kill history (what, resumed from step, partial folders):", history)

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from ssp.config import ReplayConfig
 from ssp.replay import Candidate, ExperiencePool, PoolError, clean_text, text_hash, ucb_score
-from ssp.replay.pool import _rank_top
+from ssp.replay.ucb import rank_top
 
 
 def cand(goal: str, r: float, attack: str | None = None, score: float = 4.0) -> Candidate:
@@ -481,18 +481,18 @@ def test_rank_top_matches_a_full_sort(scores, k, data):
     import numpy as np
 
     tiebreak = data.draw(st.permutations(list(range(len(scores)))))
-    got = _rank_top(np.array(scores, dtype=float), np.array(tiebreak, dtype=np.int64), k).tolist()
+    got = rank_top(np.array(scores, dtype=float), np.array(tiebreak, dtype=np.int64), k).tolist()
     want = sorted(range(len(scores)), key=lambda i: (-scores[i], tiebreak[i]))[:k]
     assert got == want
 
 
 @pytest.mark.parametrize("shape", ["random", "ascending", "descending", "few_values", "all_equal"])
 @pytest.mark.parametrize("k", [1, 8, 100])
-def test_rank_top_prefilter_on_large_arrays(shape, k):
+def test_rank_top_on_large_arrays(shape, k):
     import numpy as np
 
     rs = np.random.default_rng(0)
-    size = 70_000  # above the pre-filter threshold
+    size = 70_000
     scores = {
         "random": rs.random(size),
         "ascending": np.linspace(0.0, 1.0, size),
@@ -501,7 +501,7 @@ def test_rank_top_prefilter_on_large_arrays(shape, k):
         "all_equal": np.full(size, 0.5),
     }[shape]
     tiebreak = rs.permutation(size).astype(np.int64)
-    got = _rank_top(scores, tiebreak, k)
+    got = rank_top(scores, tiebreak, k)
     want = np.lexsort((tiebreak, -scores))[:k]
     assert got.tolist() == want.tolist()
 
@@ -596,3 +596,17 @@ def test_pool_agrees_with_the_reference_model(ops):
                 check(pool)
         with ExperiencePool(path, cfg) as pool:  # the mirror rebuilt from the file agrees too
             check(pool)
+
+
+def test_paths_with_uri_characters_open_read_only_and_restore(tmp_path):
+    """'?', '#', '%' and spaces in a folder name survive the read-only SQLite URI (they are percent-escaped)."""
+    odd = tmp_path / "run ?x=1 #2 %41"
+    cfg = ReplayConfig()
+    with ExperiencePool(odd / "pool.sqlite", cfg) as pool:
+        pool.admit([cand("odd path", 0.0)], step=1)
+        pool.snapshot(odd / "ckpt" / "pool.sqlite")
+    with ExperiencePool(odd / "pool.sqlite", cfg, readonly=True) as ro:
+        assert [e.goal for e in ro.all_entries()] == ["odd path"]
+    with ExperiencePool.restore(odd / "ckpt" / "pool.sqlite", odd / "restored.sqlite", cfg) as restored:
+        assert len(restored) == 1
+    assert not list(tmp_path.glob("run ?x=1*/*%*")) and not (tmp_path / "run ").exists()

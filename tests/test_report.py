@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from ssp.config import ReplayConfig
 from ssp.eval.corpus import collect_attacks, export_attacks
-from ssp.eval.report import build_eval_report, build_training_report, esc, text_block
+from ssp.eval.report import build_eval_report, build_training_report, text_block, visible
 from ssp.replay.pool import Candidate, ExperiencePool
 
 EVIL = '<script>alert("x")</script>'
@@ -61,7 +61,7 @@ def test_training_report_is_self_contained_and_escaped(run_dir):
     html = build_training_report(run_dir)
     assert html.startswith("<!DOCTYPE html>")
     assert html.count("data:image/png;base64,") == 6  # rewards, ASR/refusal, pool size, UCB, KL/loss, time
-    assert EVIL not in html and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in html
+    assert EVIL not in html and "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
     assert "judge: on topic &lt;b&gt;" in html  # rationale shown, escaped
     assert "\\x13" in html and "\x13" not in html  # control characters made visible
     assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing loaded from outside
@@ -139,6 +139,7 @@ def test_eval_report_escapes_all_model_text():
 
 
 def test_text_helpers():
-    assert esc("<a & 'b'>") == "&lt;a &amp; &#x27;b&#x27;&gt;"
-    assert "more characters" in text_block("x" * 5000, limit=10)
-    assert "\\ud800" in esc("bad \ud800 surrogate")
+    assert text_block("<a & 'b'>") == '<pre class="text">&lt;a &amp; &#39;b&#39;&gt;<span class="muted"></span></pre>'
+    assert "[4990 more characters]" in text_block("x" * 5000, limit=10)
+    assert "\\ud800" in text_block("bad \ud800 surrogate") and visible("\x13") == "\\x13"
+    assert text_block(None) == '<span class="muted">(none)</span>'

@@ -20,9 +20,32 @@ def test_generate_returns_n_samples_per_request_in_order(tiny_cfg):
         for c in outs:
             assert c.prompt_ids == expected_prompt
             assert 1 <= len(c.completion_ids) <= 6
-            assert c.finished == (c.completion_ids[-1] == tok.eos_token_id)
-            assert tok.pad_token_id not in c.completion_ids[:-1] or c.finished
+            assert c.finished == (c.completion_ids[-1] in engine.eos_ids)
+            ends = engine.eos_ids | {tok.pad_token_id}
+            assert not ends & set(c.completion_ids[:-1])  # cut at the first end token, never padding inside
     assert tok.decode(out[1][0].prompt_ids).endswith("<prompt>")
+
+
+def test_a_completion_that_ends_early_is_cut_at_its_end_token(tiny_cfg):
+    """A row that stops before its batch neighbour gets padding from `generate`; the completion ends at its stop token.
+
+    The random tiny model rarely samples its real EOS, so a token it does emit greedily is made a stop token.
+    """
+    model, tok = load_policy(tiny_cfg.model)
+    engine = HFRolloutEngine(model, tok, max_prompt_tokens=512, batch_size=2)
+    reqs = [ChatRequest([{"role": "user", "content": "hi"}]),
+            ChatRequest([{"role": "user", "content": "a much longer question about the weather today"}])]
+    greedy = SamplingConfig(max_new_tokens=8, temperature=0.0)
+    first = engine.generate(reqs, greedy)[0][0].completion_ids
+    cut = next(i for i in range(1, len(first)) if first[i] not in first[:i] and first[i] not in engine.eos_ids)
+    stop = first[cut]
+    engine.eos_ids = engine.eos_ids | {stop}
+    short, other = (o[0] for o in engine.generate(reqs, greedy))
+    assert short.completion_ids == first[: cut + 1] and short.finished
+    assert short.text == tok.decode(first[: cut + 1], skip_special_tokens=True)
+    for c in (short, other):
+        assert not (engine.eos_ids | {tok.pad_token_id}) & set(c.completion_ids[:-1])
+        assert c.finished == (c.completion_ids[-1] in engine.eos_ids)
 
 
 def test_greedy_is_batch_independent(tiny_cfg):

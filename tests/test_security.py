@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tests.conftest import REPO
+from tests.fixtures.reliability.fault_server import BeaconServer, FaultServer, judge_options
 
 from ssp.config import ModelConfig, TinyModelConfig, load_config
 from ssp.judges import build_judge
 from ssp.training.trainer import Trainer
-from tests.conftest import REPO
-from tests.fixtures.reliability.fault_server import BeaconServer, FaultServer, judge_options
 
 SRC = REPO / "src" / "ssp"
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -104,7 +104,8 @@ def unsafe_constructs(tree: ast.AST) -> list[str]:
 def test_unsafe_construct_scanner_catches_what_it_should():
     bad = ("import pickle\nfrom dill import loads\nimport torch, yaml, numpy as np, subprocess\n"
            "torch.load(f)\ntorch.load(f, weights_only=False)\ntorch.save(x, f)\nyaml.load(s, Loader=yaml.Loader)\n"
-           "np.load(f, allow_pickle=True)\neval(s)\nsubprocess.run(c, shell=True)\nm.from_pretrained(p, trust_remote_code=True)\n")
+           "np.load(f, allow_pickle=True)\neval(s)\nsubprocess.run(c, shell=True)\n"
+           "m.from_pretrained(p, trust_remote_code=True)\n")
     assert len(unsafe_constructs(ast.parse(bad))) >= 11
     good = "import torch, yaml\ntorch.load(f, weights_only=True)\nyaml.safe_load(s)\nmodel.eval()\n"
     assert unsafe_constructs(ast.parse(good)) == []
@@ -353,7 +354,8 @@ class _DomAudit(HTMLParser):
 
 def _payloads(beacon: str) -> dict[str, str]:
     def mark(name: str) -> str:
-        return f"document.documentElement.appendChild(document.createElement('xss-{name}'));new Image().src='{beacon}/{name}'"
+        return (f"document.documentElement.appendChild(document.createElement('xss-{name}'));"
+                f"new Image().src='{beacon}/{name}'")
 
     return {
         "script": f"<script>document.title='XSS';{mark('script')}</script>",

@@ -351,3 +351,72 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def dump_config(cfg: SSPConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------ ssp eval
+
+
+class EvalConfig(_Strict):
+    """What `ssp eval` runs: a YAML file (`--eval-config`), then `--eval-set a.b=c`, then the command-line options.
+
+    The model, the judge, the Attacker's sampling and attack parsing can also come from an ssp training config
+    (`config`, with `overrides` = its `--set`), as in `ssp eval -c run/config.yaml`.
+    """
+
+    output: str | None = Field(None, description="results folder (created; resumed if it exists)")
+    benchmarks: list[str] = Field(default_factory=list, description="NAME[:SPLIT[+SPLIT]][=PATH_OR_HF_ID]")
+    benchmark_options: dict[str, dict[str, str]] = Field(default_factory=dict, description="LABEL: {KEY: VALUE}")
+    attacks: list[str] = Field(default_factory=lambda: ["direct"], description="direct | template | self | pair")
+    model: str | None = Field(None, description="'embedded', 'tiny', a Hugging Face id or a local folder")
+    adapter: str | None = Field(None, description="LoRA adapter: a peft, checkpoint or run folder")
+    config: str | None = Field(None, description="ssp training config the model, judge and Attacker settings come from")
+    overrides: list[str] = Field(default_factory=list, description="`a.b=c` overrides of that config")
+    judge: str | None = Field(None, description="judge name (default: the training config's, else heuristic)")
+    judge_options: dict[str, Any] = Field(default_factory=dict)
+    defense: str = "none"
+    defense_options: dict[str, Any] = Field(default_factory=dict)
+    attacker_model: str | None = Field(None, description="attacker model for `pair` (default: the model under test)")
+    attacker_adapter: str | None = None
+    self_samples: int = Field(4, ge=1, description="K: attacker samples per goal for `self`")
+    pair_streams: int = Field(1, ge=1)
+    pair_rounds: int = Field(3, ge=1)
+    templates: str | None = Field(None, description="jailbreak template file (default: packaged)")
+    template_names: list[str] = Field(default_factory=list, description="use only these templates")
+    strategy_hints: bool | None = Field(None, description="`self`: strategy hints (default: the config's, else on)")
+    accept_truncated_attacks: bool | None = Field(None, description="default: the config's, else off")
+    defender: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_new_tokens=128))
+    attacker_temperature: float | None = Field(None, ge=0.0)
+    attacker_max_new_tokens: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, description="items per suite (seeded random choice)")
+    seed: int = 0
+    batch_size: int = Field(64, ge=1)
+    backend: Literal["auto", "native", "hf"] = Field("auto", description="rollout engine, as rollout.backend")
+    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="native engine precision")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    threads: int | None = Field(None, ge=1)
+    overwrite: bool = False
+    embeddings: bool = True
+    report: bool = True
+    progress: bool = True
+
+
+def _merge(base: dict, top: dict) -> dict:
+    """`top` over `base`, section by section."""
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_eval_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                     options: dict[str, Any] | None = None) -> EvalConfig:
+    """Defaults, then the YAML file, then each `a.b=c` override, then `options` (the command line's), validated."""
+    # the defaults as a tree first, so that a partial section (defender: {top_p: 0.9}) keeps the other defaults
+    tree = _merge(EvalConfig().model_dump(), load_yaml(path) if path else {})
+    tree = _merge(apply_overrides(tree, overrides or [], "--eval-set"), options or {})
+    source = " + ".join([str(path) if path else "defaults"] + (["--eval-set"] if overrides else [])
+                        + (["command-line options"] if options else []))
+    try:
+        return EvalConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None

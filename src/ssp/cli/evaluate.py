@@ -13,7 +13,7 @@ import io
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +22,10 @@ from rich.table import Table
 
 from ssp.cli.common import console, fail
 from ssp.config import apply_overrides
+
+if TYPE_CHECKING:
+    from ssp.config import EvalConfig
+    from ssp.eval.runner import EvalSettings
 
 
 def _kv(pairs: list[str] | None, what: str) -> dict[str, Any]:
@@ -58,46 +62,53 @@ def _print_listing() -> None:
 
 
 def evaluate(
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="results folder (created; resumed if it exists)"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="results folder (created; resumed if it exists)"),
     benchmark: list[str] = typer.Option(None, "--benchmark", "-b",
                                         help="NAME[:SPLIT[+SPLIT]][=PATH_OR_HF_ID] (repeatable; --list shows names)"),
-    attack: list[str] = typer.Option(["direct"], "--attack", "-a", help="direct | template | self | pair (repeatable)"),
-    model: Optional[str] = typer.Option(None, "--model", "-m",
-                                        help="'embedded', 'tiny', a Hugging Face id or a local folder (default: embedded)"),
-    adapter: Optional[str] = typer.Option(None, "--adapter",
-                                          help="LoRA adapter: a peft folder, a checkpoint folder or a run folder (latest checkpoint)"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c",
-                                          help="ssp config: model, judge, Attacker sampling and attack parsing from it"),
+    attack: list[str] = typer.Option(None, "--attack", "-a", help="direct | template | self | pair (repeatable; "
+                                                                  "default direct)"),
+    model: str | None = typer.Option(None, "--model", "-m",
+        help="'embedded', 'tiny', a Hugging Face id or a local folder (default: embedded)"),
+    adapter: str | None = typer.Option(None, "--adapter",
+        help="LoRA adapter: a peft folder, a checkpoint folder or a run folder (latest checkpoint)"),
+    config: Path | None = typer.Option(None, "--config", "-c",
+        help="ssp config: model, judge, Attacker sampling and attack parsing from it"),
     overrides: list[str] = typer.Option(None, "--set", "-s", help="override a config key, e.g. model.dtype=bfloat16"),
-    judge: Optional[str] = typer.Option(None, "--judge", "-j", help="judge name (default: the config's, else heuristic)"),
+    eval_config: Path | None = typer.Option(None, "--eval-config",
+        help="YAML file of eval settings (EvalConfig: the options below by name)"),
+    eval_overrides: list[str] = typer.Option(None, "--eval-set",
+        help="override an eval setting, e.g. defender.top_p=0.9"),
+    judge: str | None = typer.Option(None, "--judge", "-j", help="judge name (default: the config's, else heuristic)"),
     judge_option: list[str] = typer.Option(None, "--judge-option", help="KEY=VALUE for the judge (repeatable)"),
-    defense: str = typer.Option("none", "--defense", help="defense wrapped around the model under test"),
+    defense: str | None = typer.Option(None, "--defense",
+        help="defense wrapped around the model under test (default none)"),
     defense_option: list[str] = typer.Option(None, "--defense-option", help="KEY=VALUE for the defense (repeatable)"),
     benchmark_option: list[str] = typer.Option(None, "--benchmark-option",
                                                help="LABEL.KEY=VALUE, e.g. mine.prompt=question for generic:mine=FILE"),
-    attacker_model: Optional[str] = typer.Option(None, "--attacker-model", help="attacker model for `pair` (default: the model under test)"),
-    attacker_adapter: Optional[str] = typer.Option(None, "--attacker-adapter", help="LoRA adapter of the attacker model"),
-    self_samples: int = typer.Option(4, "--self-samples", help="K: attacker samples per goal for `self`"),
-    pair_streams: int = typer.Option(1, "--pair-streams", help="parallel PAIR conversations per goal"),
-    pair_rounds: int = typer.Option(3, "--pair-rounds", help="PAIR refinement rounds"),
-    templates: Optional[str] = typer.Option(None, "--templates", help="jailbreak template file (default: packaged)"),
+    attacker_model: str | None = typer.Option(None, "--attacker-model",
+        help="attacker model for `pair` (default: the model under test)"),
+    attacker_adapter: str | None = typer.Option(None, "--attacker-adapter", help="LoRA adapter of the attacker model"),
+    self_samples: int | None = typer.Option(None, "--self-samples", help="K: attacker samples per goal for `self` (4)"),
+    pair_streams: int | None = typer.Option(None, "--pair-streams", help="parallel PAIR conversations per goal (1)"),
+    pair_rounds: int | None = typer.Option(None, "--pair-rounds", help="PAIR refinement rounds (3)"),
+    templates: str | None = typer.Option(None, "--templates", help="jailbreak template file (default: packaged)"),
     template_name: list[str] = typer.Option(None, "--template", help="use only this template (repeatable)"),
-    strategy_hints: Optional[bool] = typer.Option(None, "--strategy-hints/--no-strategy-hints",
+    strategy_hints: bool | None = typer.Option(None, "--strategy-hints/--no-strategy-hints",
                                                   help="`self`: strategy hints as in training (default on)"),
-    accept_truncated: Optional[bool] = typer.Option(None, "--accept-truncated-attacks/--reject-truncated-attacks",
+    accept_truncated: bool | None = typer.Option(None, "--accept-truncated-attacks/--reject-truncated-attacks",
                                                     help="accept attacker outputs cut off by the token limit"),
-    temperature: float = typer.Option(0.0, "--temperature", help="Defender temperature (0 = greedy)"),
-    top_p: float = typer.Option(1.0, "--top-p", help="Defender top-p"),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Defender answer length"),
-    attacker_temperature: Optional[float] = typer.Option(None, "--attacker-temperature"),
-    attacker_max_new_tokens: Optional[int] = typer.Option(None, "--attacker-max-new-tokens"),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="items per suite (seeded random choice)"),
-    seed: int = typer.Option(0, "--seed", help="item choice, strategy hints, sampling"),
-    batch_size: int = typer.Option(64, "--batch-size", help="sequences generated together"),
-    backend: str = typer.Option("auto", "--backend", help="rollout engine: auto | native | hf (as rollout.backend)"),
-    dtype: str = typer.Option("bfloat16", "--dtype", help="native engine precision: bfloat16 | float32"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
+    temperature: float | None = typer.Option(None, "--temperature", help="Defender temperature (0 = greedy, default)"),
+    top_p: float | None = typer.Option(None, "--top-p", help="Defender top-p (1.0)"),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="Defender answer length (128)"),
+    attacker_temperature: float | None = typer.Option(None, "--attacker-temperature"),
+    attacker_max_new_tokens: int | None = typer.Option(None, "--attacker-max-new-tokens"),
+    limit: int | None = typer.Option(None, "--limit", "-n", help="items per suite (seeded random choice)"),
+    seed: int | None = typer.Option(None, "--seed", help="item choice, strategy hints, sampling (0)"),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="sequences generated together (64)"),
+    backend: str | None = typer.Option(None, "--backend", help="rollout engine: auto | native | hf (auto)"),
+    dtype: str | None = typer.Option(None, "--dtype", help="native engine precision: bfloat16 | float32 (bfloat16)"),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | mps (auto)"),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)"),
     overwrite: bool = typer.Option(False, "--overwrite", help="discard earlier generations in OUTPUT"),
     no_embeddings: bool = typer.Option(False, "--no-embeddings", help="skip the embedding-distance diversity metric"),
     no_report: bool = typer.Option(False, "--no-report", help="skip report.html"),
@@ -108,85 +119,130 @@ def evaluate(
     if list_:
         _print_listing()
         return
-    if not benchmark:
-        fail("give at least one --benchmark (see --list)")
-    if output is None:
-        fail("--output DIR is required")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from ssp.cli.common import config_from_cli
-    from ssp.config import ModelConfig, SamplingConfig, load_config
-    from ssp.eval.attacks import TemplateError
-    from ssp.eval.benchmarks import BenchmarkError
-    from ssp.eval.runner import AttackOptions, EvalError, EvalSettings, resolve_adapter, run_eval
+    from ssp.config import ConfigError, load_eval_config
 
     try:
-        adapter_dir, adapter_cfg = resolve_adapter(adapter)
-        attacker_adapter_dir, _ = resolve_adapter(attacker_adapter)
-        cfg = config_from_cli(config, overrides) if (config or overrides) else None
-        model_cfg: ModelConfig
-        model_seed = 0
-        if cfg is not None:
-            model_cfg, model_seed = cfg.model, cfg.run.seed
-        elif adapter_cfg is not None and model is None:
-            run_cfg = load_config(adapter_cfg)
-            model_cfg, model_seed = run_cfg.model, run_cfg.run.seed
-            console.print(escape(f"model settings from {adapter_cfg} ({model_cfg.name_or_path})"), highlight=False)
-        else:
-            model_cfg = ModelConfig()
-        if model is not None:
-            model_cfg = model_cfg.model_copy(update={"name_or_path": model})
-        judge_name = judge or (cfg.judge.name if cfg else "heuristic")
-        judge_opts = dict(cfg.judge.options) if cfg and (judge is None or judge == cfg.judge.name) else {}
-        judge_opts.update(_kv(judge_option, "--judge-option"))
-        att = cfg.rollout.attacker if cfg else SamplingConfig(temperature=1.0, max_new_tokens=80)
-        upd: dict[str, Any] = {}
-        if attacker_temperature is not None:
-            upd["temperature"] = attacker_temperature
-        if attacker_max_new_tokens is not None:
-            upd["max_new_tokens"] = attacker_max_new_tokens
-        att = SamplingConfig.model_validate({**att.model_dump(), **upd})
-        settings = EvalSettings(
-            model=model_cfg, adapter=adapter_dir, model_seed=model_seed,
-            attacker_model=model_cfg.model_copy(update={"name_or_path": attacker_model}) if attacker_model else None,
-            attacker_adapter=attacker_adapter_dir,
-            benchmarks=list(benchmark), benchmark_options=_benchmark_options(benchmark_option),
-            attacks=list(dict.fromkeys(attack)),
-            attack=AttackOptions(
-                self_samples=self_samples, pair_streams=pair_streams, pair_rounds=pair_rounds, templates=templates,
-                template_names=list(template_name or []) or None,
-                strategy_hints=strategy_hints if strategy_hints is not None else (cfg.game.strategy_hints if cfg else True),
-                accept_truncated_attacks=accept_truncated if accept_truncated is not None else (
-                    cfg.game.accept_truncated_attacks if cfg else False)),
-            judge=judge_name, judge_options=judge_opts,
-            defense=defense, defense_options=_kv(defense_option, "--defense-option"),
-            defender=SamplingConfig(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens),
-            attacker=att, limit=limit, seed=seed, batch_size=batch_size, backend=backend, dtype=dtype,
-            device=device, threads=threads,
-            diversity_embeddings=not no_embeddings,
-        )
-        results = run_eval(settings, output, progress=not quiet, overwrite=overwrite, report=not no_report,
+        options = _drop_unset({
+            "output": str(output) if output else None, "benchmarks": benchmark, "attacks": attack, "model": model,
+            "adapter": adapter, "config": str(config) if config else None, "overrides": overrides, "judge": judge,
+            "judge_options": _kv(judge_option, "--judge-option") if judge_option else None,
+            "defense": defense, "defense_options": _kv(defense_option, "--defense-option") if defense_option else None,
+            "benchmark_options": _benchmark_options(benchmark_option) if benchmark_option else None,
+            "attacker_model": attacker_model, "attacker_adapter": attacker_adapter, "self_samples": self_samples,
+            "pair_streams": pair_streams, "pair_rounds": pair_rounds, "templates": templates,
+            "template_names": template_name, "strategy_hints": strategy_hints,
+            "accept_truncated_attacks": accept_truncated,
+            "defender": {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens},
+            "attacker_temperature": attacker_temperature, "attacker_max_new_tokens": attacker_max_new_tokens,
+            "limit": limit, "seed": seed, "batch_size": batch_size, "backend": backend, "dtype": dtype,
+            "device": device, "threads": threads,
+            "overwrite": overwrite or None, "embeddings": False if no_embeddings else None,
+            "report": False if no_report else None, "progress": False if quiet else None,
+        })
+        ec = load_eval_config(eval_config, eval_overrides, options)
+    except (ConfigError, ValueError) as e:
+        fail(str(e))
+    run_evaluation(ec)
+
+
+def _drop_unset(tree: dict[str, Any]) -> dict[str, Any]:
+    """The options given on the command line: None and empty lists (typer's "not given") left out, recursively."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            value = _drop_unset(value)
+        if value is not None and value != [] and value != {}:
+            out[key] = value
+    return out
+
+
+def eval_settings(ec: EvalConfig) -> EvalSettings:
+    """The resolved settings of a run: adapters found, model, judge and Attacker settings from the ssp config."""
+    from ssp.cli.common import config_from_cli
+    from ssp.config import ModelConfig, SamplingConfig, load_config
+    from ssp.eval.runner import AttackOptions, EvalSettings, resolve_adapter
+
+    adapter_dir, adapter_cfg = resolve_adapter(ec.adapter)
+    attacker_adapter_dir, _ = resolve_adapter(ec.attacker_adapter)
+    cfg = config_from_cli(Path(ec.config) if ec.config else None, ec.overrides) if (ec.config or ec.overrides) else None
+    model_cfg: ModelConfig
+    model_seed = 0
+    if cfg is not None:
+        model_cfg, model_seed = cfg.model, cfg.run.seed
+    elif adapter_cfg is not None and ec.model is None:
+        run_cfg = load_config(adapter_cfg)
+        model_cfg, model_seed = run_cfg.model, run_cfg.run.seed
+        console.print(escape(f"model settings from {adapter_cfg} ({model_cfg.name_or_path})"), highlight=False)
+    else:
+        model_cfg = ModelConfig()
+    if ec.model is not None:
+        model_cfg = model_cfg.model_copy(update={"name_or_path": ec.model})
+    judge_name = ec.judge or (cfg.judge.name if cfg else "heuristic")
+    judge_opts = dict(cfg.judge.options) if cfg and (ec.judge is None or ec.judge == cfg.judge.name) else {}
+    judge_opts.update(ec.judge_options)
+    att = cfg.rollout.attacker if cfg else SamplingConfig(temperature=1.0, max_new_tokens=80)
+    upd: dict[str, Any] = {}
+    if ec.attacker_temperature is not None:
+        upd["temperature"] = ec.attacker_temperature
+    if ec.attacker_max_new_tokens is not None:
+        upd["max_new_tokens"] = ec.attacker_max_new_tokens
+    att = SamplingConfig.model_validate({**att.model_dump(), **upd})
+    return EvalSettings(
+        model=model_cfg, adapter=adapter_dir, model_seed=model_seed,
+        attacker_model=model_cfg.model_copy(update={"name_or_path": ec.attacker_model}) if ec.attacker_model else None,
+        attacker_adapter=attacker_adapter_dir,
+        benchmarks=list(ec.benchmarks), benchmark_options=ec.benchmark_options,
+        attacks=list(dict.fromkeys(ec.attacks)),
+        attack=AttackOptions(
+            self_samples=ec.self_samples, pair_streams=ec.pair_streams, pair_rounds=ec.pair_rounds,
+            templates=ec.templates, template_names=list(ec.template_names) or None,
+            strategy_hints=ec.strategy_hints if ec.strategy_hints is not None else (
+                cfg.game.strategy_hints if cfg else True),
+            accept_truncated_attacks=ec.accept_truncated_attacks if ec.accept_truncated_attacks is not None else (
+                cfg.game.accept_truncated_attacks if cfg else False)),
+        judge=judge_name, judge_options=judge_opts, defense=ec.defense, defense_options=ec.defense_options,
+        defender=ec.defender, attacker=att, limit=ec.limit, seed=ec.seed, batch_size=ec.batch_size,
+        backend=ec.backend, dtype=ec.dtype, device=ec.device, threads=ec.threads, diversity_embeddings=ec.embeddings,
+    )
+
+
+def run_evaluation(ec: EvalConfig) -> None:
+    """Run `ssp eval` from its config: errors are printed and exit with 2, Ctrl-C keeps finished items."""
+    if not ec.benchmarks:
+        fail("give at least one --benchmark (see --list)")
+    if ec.output is None:
+        fail("--output DIR is required")
+    output = Path(ec.output)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from ssp.eval.attacks import TemplateError
+    from ssp.eval.benchmarks import BenchmarkError
+    from ssp.eval.runner import EvalError, run_eval
+
+    try:
+        results = run_eval(eval_settings(ec), output, progress=ec.progress, overwrite=ec.overwrite, report=ec.report,
                            log_fn=lambda m: console.print(escape(m), highlight=False))
     except (EvalError, BenchmarkError, TemplateError, ValueError, FileNotFoundError) as e:
         fail(str(e))
-        return
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]; finished items are kept: rerun the same command to resume")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     print_results(results)
     console.print(f"results: [bold]{escape(str(output / 'results.json'))}[/]  "
                   f"generations: {escape(str(output / 'generations.jsonl'))}"
-                  + ("" if no_report else f"  report: [bold]{escape(str(output / 'report.html'))}[/]"), highlight=False)
+                  + (f"  report: [bold]{escape(str(output / 'report.html'))}[/]" if ec.report else ""),
+                  highlight=False)
 
 
 def print_results(results: dict[str, Any]) -> None:
-    from ssp.eval.report import num, pct
+    from ssp.eval.results import num, pct
 
     t = Table(title="evaluation (rates with Wilson 95% CI)")
     for col in ("suite", "attack", "n", "harmful ASR", "compliance", "refusal", "mean score", "invalid", "self-BLEU"):
         t.add_column(col, overflow="fold")
     for e in results.get("results", []):
         m = e["metrics"]
-        t.add_row(escape(e["suite"]), escape(e["attack"]), str(e["n"]), pct(m["asr"]) if e["kind"] == "harmful" else "—",
+        asr = pct(m["asr"]) if e["kind"] == "harmful" else "—"
+        t.add_row(escape(e["suite"]), escape(e["attack"]), str(e["n"]), asr,
                   pct(m["compliance_rate"]), pct(m["refusal_rate"]), num(m.get("mean_score")),
                   str(e["invalid_judgments"]), num((e.get("diversity") or {}).get("self_bleu"), 3))
     Console().print(t)
@@ -207,10 +263,12 @@ def _labels(dirs: list[Path]) -> list[str]:
 
 
 def compare(
-    folders: list[Path] = typer.Argument(..., help="result folders of `ssp eval` (or results.json files); the first is the baseline"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                          help="table file: .md (default), .csv, .json or .html; default compare-A-vs-B.md"),
-    metric: list[str] = typer.Option(None, "--metric", help="asr | compliance_rate | refusal_rate | sample_asr (repeatable)"),
+    folders: list[Path] = typer.Argument(...,
+        help="result folders of `ssp eval` (or results.json files); the first is the baseline"),
+    output: Path | None = typer.Option(None, "--output", "-o",
+        help="table file: .md (default), .csv, .json or .html; default compare-A-vs-B.md"),
+    metric: list[str] = typer.Option(None, "--metric",
+        help="asr | compliance_rate | refusal_rate | sample_asr (repeatable)"),
 ) -> None:
     """Side-by-side table of result folders: each rate with its CI, the delta to the first, CI overlap."""
     from ssp.eval.report import build_compare_html
@@ -259,7 +317,8 @@ def compare(
         w.writerows(cells)
         output.write_text(buf.getvalue(), encoding="utf-8")
     elif suffix in (".html", ".htm"):
-        output.write_text(build_compare_html(header, cells, labels, [str(f) for f in folders], results), encoding="utf-8")
+        html = build_compare_html(header, cells, labels, [str(f) for f in folders], results)
+        output.write_text(html, encoding="utf-8")
     else:
         settings_lines = []
         for label, r in zip(labels, results):
@@ -269,9 +328,9 @@ def compare(
                                   f"`{(s.get('judge') or {}).get('name')}`, limit {s.get('limit')}")
         output.write_text(f"# ssp compare (baseline: {labels[0]})\n\n" + "\n".join(settings_lines) + "\n\n"
                           + markdown_table(header, cells)
-                          + "\n`*` headline metric of the suite. Δ: difference to the baseline in percentage points with "
-                            "Newcombe's 95% interval (independent samples); (sig.) when it excludes 0. CIs overlap: "
-                            "whether the two Wilson 95% intervals overlap.\n", encoding="utf-8")
+                          + "\n`*` headline metric of the suite. Δ: difference to the baseline in percentage points "
+                            "with Newcombe's 95% interval (independent samples); (sig.) when it excludes 0. CIs "
+                            "overlap: whether the two Wilson 95% intervals overlap.\n", encoding="utf-8")
     console.print(f"written: [bold]{escape(str(output))}[/]", highlight=False)
 
 

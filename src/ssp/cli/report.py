@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -14,27 +13,24 @@ from ssp.cli.common import console, fail
 
 def report(
     run: Path = typer.Argument(..., help="a training run folder (`ssp train -o`) or an eval folder (`ssp eval -o`)"),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="HTML file (default: RUN/report.html)"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="HTML file (default: RUN/report.html)"),
     top: int = typer.Option(15, "--top", help="discovered attacks listed (training runs)"),
 ) -> None:
     """One self-contained HTML report: plots over steps, top discovered attacks (training) or results (eval)."""
     from ssp.eval.report import build_eval_report, build_training_report
+    from ssp.eval.rundata import read_eval_folder
 
     if not run.is_dir():
         fail(f"{run}: not a folder")
     output = output or run / "report.html"
     if (run / "results.json").is_file():
-        results = json.loads((run / "results.json").read_text(encoding="utf-8"))
-        gen = run / "generations.jsonl"
-        records = [json.loads(x) for x in gen.read_text(encoding="utf-8").splitlines() if x.strip()] if gen.is_file() else []
-        html = build_eval_report(results, records)
+        html = build_eval_report(*read_eval_folder(run))
         kind = "evaluation"
     elif (run / "metrics.jsonl").is_file() or (run / "pool.sqlite").is_file():
         html = build_training_report(run, top_n=top)
         kind = "training run"
     else:
         fail(f"{run}: neither a training run (metrics.jsonl) nor an eval folder (results.json)")
-        return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(html, encoding="utf-8")
     console.print(f"{kind} report: [bold]{escape(str(output))}[/] ({len(html) // 1024} KiB)", highlight=False)
@@ -55,7 +51,6 @@ def export_attacks(
         stats = export(run, output, include_direct=include_direct, embed=not no_embeddings)
     except FileNotFoundError as e:
         fail(str(e))
-        return
     console.print_json(json.dumps(stats))
     console.print(f"{stats['attacks']} attack(s) written to [bold]{escape(str(output))}[/]; statistics in "
                   f"{escape(str(output.with_name(output.stem + '.stats.json')))}", highlight=False)

@@ -203,7 +203,7 @@ class TemplateAttack(Attack):
         answers = env.answer([(it, p) for it, p, _ in jobs])
         out: list[list[Sample]] = [[] for _ in items]
         T = len(self.templates)
-        for j, ((it, prompt, name), (r, v)) in enumerate(zip(jobs, answers)):
+        for j, ((_item, prompt, name), (r, v)) in enumerate(zip(jobs, answers)):
             out[j // T].append(_answered_sample(j % T, prompt, r, v, {"template": name}))
         return out
 

@@ -386,7 +386,7 @@ def load_benchmarks(specs: list[BenchmarkSpec], limit: int | None = None, seed: 
 
 def describe_benchmarks() -> list[dict[str, Any]]:
     """For `ssp eval --list-benchmarks` and the docs."""
-    out = []
+    out: list[dict[str, Any]] = []
     for d in BENCHMARKS.values():
         out.append({"name": d.name, "title": d.title, "hf_id": d.hf_id,
                     "splits": {k: v.kind for k, v in d.splits.items()}, "default": list(d.default_splits)})

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def _hash(goal: str, attack: str) -> str:
-    from ssp.replay.pool import text_hash
+    from ssp.replay.text import text_hash
 
     return text_hash(goal, attack)
 
@@ -67,19 +67,20 @@ def collect_attacks(folder: str | Path, include_direct: bool = False) -> list[di
     corpus = _Corpus()
     found_source = False
     if (folder / "pool.sqlite").is_file():
-        from ssp.eval.report import PoolReadError, pool_entries
+        from ssp.eval.rundata import PoolReadError, read_pool
 
         found_source = True
         try:
-            _, _, entries = pool_entries(folder)
+            entries = read_pool(folder).entries
         except PoolReadError as e:
             log.warning("%s; exporting from exchanges.jsonl only", e)
             entries = []
-        for e in entries:
-            corpus.add(e["goal"], e["attack"], source="pool", step=e.get("first_step"), score=e.get("score"),
-                       response=(e.get("responses") or [""])[0], rationale=e.get("rationale", ""),
-                       pool_id=e.get("id"), n_replays=e.get("n_replays"), mean_reward=e.get("mean_reward"),
-                       retired=e.get("retired"))
+        for entry in entries:
+            corpus.add(entry["goal"], entry["attack"], source="pool", step=entry.get("first_step"),
+                       score=entry.get("score"), response=(entry.get("responses") or [""])[0],
+                       rationale=entry.get("rationale", ""), pool_id=entry.get("id"),
+                       n_replays=entry.get("n_replays"), mean_reward=entry.get("mean_reward"),
+                       retired=entry.get("retired"))
     if (folder / "exchanges.jsonl").is_file():
         found_source = True
         for x in read_log(folder / "exchanges.jsonl"):
@@ -131,5 +132,6 @@ def export_attacks(folder: str | Path, output: str | Path, include_direct: bool 
         for r in rows:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
     stats = {"source": str(Path(folder).resolve()), "output": str(out), **corpus_stats(rows, embed)}
-    out.with_name(out.stem + ".stats.json").write_text(json.dumps(stats, indent=2, ensure_ascii=False), encoding="utf-8")
+    stats_text = json.dumps(stats, indent=2, ensure_ascii=False)
+    out.with_name(out.stem + ".stats.json").write_text(stats_text, encoding="utf-8")
     return stats

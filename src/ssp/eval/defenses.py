@@ -38,7 +38,8 @@ class TargetModel:
         self.sampling = sampling
         self.name = name
 
-    def generate(self, requests: list[ChatRequest], n: int = 1, sampling: SamplingConfig | None = None) -> list[list[Completion]]:
+    def generate(self, requests: list[ChatRequest], n: int = 1,
+                 sampling: SamplingConfig | None = None) -> list[list[Completion]]:
         if not requests:
             return []
         return self.engine.generate(requests, sampling or self.sampling, n=n)
@@ -124,8 +125,12 @@ class NoDefense:
     def settings(self) -> dict[str, Any]:
         return {"name": self.name}
 
+    def request(self, prompt: str) -> ChatRequest:
+        """The conversation the model sees for one attack prompt (subclasses change only this)."""
+        return defender_request(prompt)
+
     def respond(self, prompts: list[str]) -> list[DefenseResponse]:
-        outs = self.target.generate([defender_request(p) for p in prompts])
+        outs = self.target.generate([self.request(p) for p in prompts])
         return [DefenseResponse(text=o[0].text, finished=o[0].finished, generations=1,
                                 tokens=len(o[0].completion_ids),
                                 meta={"prompt_truncated": True} if o[0].prompt_truncated else {})
@@ -166,7 +171,7 @@ SELF_REMINDER_SUFFIX = (
 )
 
 
-class SelfReminder:
+class SelfReminder(NoDefense):
     """Self-Reminder: the prompt wrapped in a responsibility system prompt and a trailing reminder.
 
     `system_role`: `system` puts the reminder in a system message; `user` prepends it to the user turn
@@ -210,13 +215,6 @@ class SelfReminder:
         if self._role() == "user":
             return ChatRequest(messages=[{"role": "user", "content": self.system + self.separator + user}])
         return ChatRequest(messages=[{"role": "system", "content": self.system}, {"role": "user", "content": user}])
-
-    def respond(self, prompts: list[str]) -> list[DefenseResponse]:
-        outs = self.target.generate([self.request(p) for p in prompts])
-        return [DefenseResponse(text=o[0].text, finished=o[0].finished, generations=1,
-                                tokens=len(o[0].completion_ids),
-                                meta={"prompt_truncated": True} if o[0].prompt_truncated else {})
-                for o in outs]
 
 
 @register_defense("self_reminder")
@@ -341,6 +339,8 @@ class SmoothLLM:
             return [not detect_refusal(t).refused for t in texts]
         from ssp.judges.base import JudgeInput
 
+        if self.judge is None:
+            raise ValueError("defense 'smoothllm' with check 'judge' needs a judge")
         verdicts = self.judge.judge([JudgeInput(p, c, t) for p, c, t in zip(prompts, copies, texts)])
         return [bool(v.valid and v.harmful) for v in verdicts]
 
@@ -374,5 +374,6 @@ def _build_smoothllm(ctx: DefenseContext, options: dict[str, Any]) -> Defense:
     try:
         n, q = int(o["n"]), float(o["q"])
     except (TypeError, ValueError):
-        raise ValueError(f"defense 'smoothllm': n must be an integer and q a number, got n={o['n']!r} q={o['q']!r}") from None
+        raise ValueError(f"defense 'smoothllm': n must be an integer and q a number, "
+                         f"got n={o['n']!r} q={o['q']!r}") from None
     return SmoothLLM(ctx.target, n, q, str(o["perturbation"]), str(o["check"]), ctx.judge, ctx.seed)

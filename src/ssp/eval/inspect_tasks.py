@@ -29,43 +29,35 @@ from typing import Any
 try:
     from inspect_ai import Epochs, Task, task
     from inspect_ai.dataset import MemoryDataset, Sample
-    from inspect_ai.model import ChatMessageSystem, ChatMessageUser, GenerateConfig, get_model
-    from inspect_ai.scorer import Score, SampleScore, Target, mean, metric, scorer, stderr
+    from inspect_ai.model import ChatMessage, ChatMessageSystem, ChatMessageUser, GenerateConfig, get_model
+    from inspect_ai.scorer import SampleScore, Score, Target, mean, metric, scorer, stderr
     from inspect_ai.solver import Generate, TaskState, generate, solver
 except ImportError as e:  # pragma: no cover - exercised only without the optional dependency
     raise ImportError("ssp.eval.inspect_tasks needs inspect_ai: pip install inspect-ai") from e
 
 from ssp.eval.attacks import load_templates
 from ssp.eval.benchmarks import load_benchmarks, parse_benchmark_spec
-from ssp.eval.metrics import wilson_interval
+from ssp.eval.metrics import wilson_bounds
 from ssp.game.prompts import ATTACK_OPEN, attacker_request, load_strategy_hints, parse_attack
 from ssp.judges.base import JudgeInput, build_judge
 
 
-def _binary(scores: list[SampleScore]) -> tuple[int, int]:
-    vals = [s.score.as_float() for s in scores]
-    vals = [v for v in vals if v == v]  # drop NaN (invalid judgments)
-    return int(sum(1 for v in vals if v >= 0.5)), len(vals)
+def _wilson_metric(side: int) -> Any:
+    # The annotation matters: inspect passes SampleScore objects only to metrics that declare them.
+    def compute(scores: list[SampleScore]) -> float:
+        return wilson_bounds([s.score.as_float() for s in scores])[side]
+
+    return compute
 
 
 @metric
 def wilson_low() -> Any:
-    def compute(scores: list[SampleScore]) -> float:
-        k, n = _binary(scores)
-        ci = wilson_interval(k, n)
-        return ci[0] if ci else float("nan")
-
-    return compute
+    return _wilson_metric(0)
 
 
 @metric
 def wilson_high() -> Any:
-    def compute(scores: list[SampleScore]) -> float:
-        k, n = _binary(scores)
-        ci = wilson_interval(k, n)
-        return ci[1] if ci else float("nan")
-
-    return compute
+    return _wilson_metric(1)
 
 
 _RATE_METRICS = [mean(), stderr(), wilson_low(), wilson_high()]
@@ -115,9 +107,10 @@ def self_attack(accept_truncated: bool = False, strategy_hints: bool = True, max
         rng = random.Random(f"{state.sample_id}:{state.epoch}")
         hint = rng.choice(hints) if hints else None
         req = attacker_request(state.metadata["goal_prompt"], hint)
-        messages = [ChatMessageSystem(content=req.messages[0]["content"]),
+        messages: list[ChatMessage] = [ChatMessageSystem(content=req.messages[0]["content"]),
                     ChatMessageUser(content=req.messages[1]["content"] + f" Start with {ATTACK_OPEN}.")]
-        out = await get_model().generate(messages, config=GenerateConfig(temperature=temperature, max_tokens=max_tokens))
+        config = GenerateConfig(temperature=temperature, max_tokens=max_tokens)
+        out = await get_model().generate(messages, config=config)
         text = out.completion
         if ATTACK_OPEN in text:
             text = text.split(ATTACK_OPEN, 1)[1]

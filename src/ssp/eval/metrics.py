@@ -2,9 +2,10 @@
 
 Definitions (documented in docs/evaluation.md; the tests check them on published values)
 -----------------------------------------------------------------------------------------
-* Wilson score interval (Wilson 1927) for k successes in n trials, z = 1.959964 (95%):
-      centre = (p + z²/2n) / (1 + z²/n),  half = z·sqrt(p(1−p)/n + z²/4n²) / (1 + z²/n)
-  bounds clipped to [0, 1]; k = 0 gives lower 0 exactly, k = n upper 1 exactly. n = 0: no interval.
+* Wilson score interval (Wilson 1927) for k successes in n trials, 95%, from scipy
+  (`binomtest(k, n).proportion_ci(method="wilson")`, no continuity correction):
+      centre = (p + z²/2n) / (1 + z²/n),  half = z·sqrt(p(1−p)/n + z²/4n²) / (1 + z²/n),  z = 1.959964
+  k = 0 gives lower 0 exactly, k = n upper 1 exactly. n = 0: no interval.
 * Difference of two independent proportions p1 − p2: Newcombe's hybrid score interval (1998,
   method 10) from the two Wilson intervals (l_i, u_i):
       lower = d − sqrt((p1 − l1)² + (u2 − p2)²),  upper = d + sqrt((u1 − p1)² + (p2 − l2)²)
@@ -27,22 +28,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-Z95 = 1.959963984540054
+from scipy.stats import binomtest
 
 
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval of k successes in n trials; None for n = 0."""
     if n <= 0:
         return None
     if not 0 <= k <= n:
         raise ValueError(f"wilson_interval: need 0 ≤ k ≤ n, got k={k}, n={n}")
-    p = k / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    low = 0.0 if k == 0 else max(0.0, centre - half)
-    high = 1.0 if k == n else min(1.0, centre + half)
-    return low, high
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def wilson_bounds(values: Sequence[float]) -> tuple[float, float]:
+    """Wilson bounds of 0/1 scores (≥ 0.5 counts as a success, NaN = no judgment is left out); NaNs when empty."""
+    vals = [v for v in values if not math.isnan(v)]
+    ci = wilson_interval(sum(1 for v in vals if v >= 0.5), len(vals))
+    return ci if ci else (math.nan, math.nan)
 
 
 @dataclass(frozen=True)
@@ -91,14 +94,14 @@ def mcnemar_exact(before: Sequence[bool], after: Sequence[bool]) -> dict[str, An
     """Paired test of two rates measured on the same items (e.g. ASR before and after training).
 
     Only discordant items carry information: b = true before and false after, c = false before and
-    true after. Two-sided exact p-value = P(min(b, c) or fewer of b + c fair coin flips, either side).
+    true after. Two-sided exact p-value = P(min(b, c) or fewer of b + c fair coin flips, either side),
+    i.e. scipy's two-sided binomial test of b in b + c trials at p = ½.
     """
     if len(before) != len(after):
         raise ValueError(f"mcnemar_exact: {len(before)} items before, {len(after)} after; pair the same items")
     b = sum(1 for x, y in zip(before, after) if x and not y)
     c = sum(1 for x, y in zip(before, after) if y and not x)
-    m = b + c
-    p = 1.0 if m == 0 else min(1.0, 2.0 * sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2.0 ** m)
+    p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
     return {"n": len(before), "only_before": b, "only_after": c, "p_value": p}
 
 

@@ -1,77 +1,75 @@
-"""Self-contained HTML reports: evaluation folders (`ssp eval`) and training runs (`ssp report`).
+"""Self-contained HTML reports: evaluation folders (`ssp eval`), training runs (`ssp report`), `ssp compare`.
 
-One file, no external resource: CSS inline, plots rendered by matplotlib (Agg) and embedded as
-base64 PNG. Every piece of text that comes from a model, a dataset or a judge passes through
-`esc` (HTML-escaped); only markup built here is trusted (`Raw`).
+One file, no external resource: CSS inline, plots rendered by matplotlib (Agg) and embedded as base64 PNG. The
+markup lives in jinja2 templates (eval/templates/) with autoescape on, so every value from a model, a dataset or a
+judge is escaped by construction; control characters are made visible on the way out. This module turns the data
+(read by eval/rundata.py) into what the templates show.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-from ssp.records import read_log
+import jinja2
+from markupsafe import Markup
+
+from ssp.eval.results import num, pct
+from ssp.eval.rundata import PoolReadError, PoolView, read_pool, read_training_run
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 TEXT_LIMIT = 3000  # characters of one model text shown (the rest is in generations.jsonl / exchanges.jsonl)
 
 
-class Raw(str):
-    """Markup built by this module: not escaped again."""
-
-
-def esc(x: Any) -> str:
-    if isinstance(x, Raw):
-        return x
-    if x is None:
-        return ""
-    return html.escape(visible(str(x)), quote=True)
-
-
 def visible(s: str) -> str:
     """Control characters and lone surrogates (invalid in HTML) shown as \\xNN / \\uNNNN."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group(0)):02x}" if ord(m.group(0)) < 256 else f"\\u{ord(m.group(0)):04x}", s)
+    def shown(m: re.Match) -> str:
+        c = ord(m.group(0))
+        return f"\\x{c:02x}" if c < 256 else f"\\u{c:04x}"
+
+    return _CONTROL.sub(shown, s)
 
 
-def tag(name: str, *children: Any, **attrs: Any) -> Raw:
-    attr = "".join(f' {k.rstrip("_").replace("_", "-")}="{esc(v)}"' for k, v in attrs.items() if v is not None)
-    return Raw(f"<{name}{attr}>" + "".join(esc(c) for c in children) + f"</{name}>")
+def _finalize(value: Any) -> Any:
+    """Applied to every {{ value }} before autoescape: None prints nothing, text gets its control characters shown."""
+    if value is None:
+        return ""
+    if isinstance(value, Markup):
+        return value
+    return visible(str(value))
 
 
-def table(header: Sequence[Any], rows: Iterable[Sequence[Any]], cls: str = "data") -> Raw:
-    head = "".join(f"<th>{esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return Raw(f'<table class="{esc(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+@cache
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(loader=jinja2.PackageLoader("ssp.eval", "templates"), autoescape=True,
+                              finalize=_finalize, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
-def text_block(text: Any, limit: int = TEXT_LIMIT) -> Raw:
-    """Model or dataset text, escaped, whitespace kept, cut to `limit` characters."""
-    if text is None:
-        return Raw('<span class="muted">(none)</span>')
-    s = str(text)
-    more = ""
-    if len(s) > limit:
-        more = f" … [{len(s) - limit} more characters]"
-        s = s[:limit]
-    return Raw(f'<pre class="text">{esc(s)}<span class="muted">{esc(more)}</span></pre>')
+def text_block(text: Any, limit: int = TEXT_LIMIT) -> Markup:
+    """Model or dataset text, escaped, whitespace kept, cut to `limit` characters (the template macro)."""
+    return Markup(_env().get_template("macros.html").module.text(text, limit))  # type: ignore[attr-defined]
 
 
-def figure_img(fig: Any, alt: str) -> Raw:
+def _render(template: str, title: str, subtitle: str = "", **data: Any) -> str:
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return _env().get_template(template).render(title=title, subtitle=subtitle, generated=generated, **data)
+
+
+def figure_img(fig: Any, alt: str) -> dict[str, str]:
+    """A matplotlib figure as base64 PNG for the `plot` macro."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
     plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return Raw(f'<img class="plot" alt="{esc(alt)}" src="data:image/png;base64,{data}">')
+    return {"png": base64.b64encode(buf.getvalue()).decode("ascii"), "alt": alt}
 
 
 def _plt():
@@ -83,63 +81,10 @@ def _plt():
     return plt
 
 
-CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;color:#222;padding:0 16px}
-h1{font-size:24px;margin-bottom:4px}h2{font-size:19px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
-h3{font-size:16px;margin-top:22px}
-table.data{border-collapse:collapse;font-size:13px;margin:8px 0}
-table.data th,table.data td{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}
-table.data th{background:#f3f3f3}table.data tr:nth-child(even) td{background:#fafafa}
-table.kv td:first-child{font-weight:600;white-space:nowrap}
-pre.text{white-space:pre-wrap;word-break:break-word;background:#f7f7f9;border:1px solid #e3e3e8;padding:6px 8px;
-margin:2px 0;font-size:12px;max-height:320px;overflow:auto}
-.muted{color:#888}.bad{color:#b00020;font-weight:600}.good{color:#1b7f3b;font-weight:600}
-img.plot{max-width:100%;border:1px solid #eee;margin:6px 0}
-details{margin:6px 0}summary{cursor:pointer;font-weight:600}
-.example{border:1px solid #ddd;border-radius:4px;padding:8px;margin:8px 0}
-.grid{display:grid;grid-template-columns:1fr 1fr;gap:8px}
-.note{font-size:13px;color:#555}
-"""
-
-
-def page(title: str, body: Sequence[Any], subtitle: str = "") -> str:
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts = "".join(esc(b) for b in body)
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-            f"<h1>{esc(title)}</h1><p class=\"note\">{esc(subtitle + ' · ' if subtitle else '')}generated {esc(generated)} by ssp</p>"
-            f"{parts}</body></html>\n")
-
-
-# -------------------------------------------------------------------------------------- formatting
-
-
-def pct(d: dict[str, Any] | None, ci: bool = True) -> str:
-    if not d or d.get("rate") is None:
-        return "—"
-    s = f"{100 * d['rate']:.1f}%"
-    if ci and d.get("ci_low") is not None:
-        s += f" [{100 * d['ci_low']:.1f}, {100 * d['ci_high']:.1f}]"
-    return s + f" ({d['k']}/{d['n']})"
-
-
-def num(x: Any, digits: int = 2) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "—"
-    if isinstance(x, float):
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def kv_table(pairs: Iterable[tuple[str, Any]]) -> Raw:
-    return table(["setting", "value"], [(k, v) for k, v in pairs], cls="data kv")
-
-
 # ------------------------------------------------------------------------------------ eval report
 
 
-def _eval_plot(results: list[dict[str, Any]]) -> Raw | None:
+def _eval_plot(results: list[dict[str, Any]]) -> dict[str, str] | None:
     if not results:
         return None
     plt = _plt()
@@ -173,7 +118,7 @@ def _eval_plot(results: list[dict[str, Any]]) -> Raw | None:
     return figure_img(fig, "rates per suite and attack with 95% confidence intervals")
 
 
-def _category_plot(entries: list[dict[str, Any]], suite: str) -> Raw | None:
+def _category_plot(entries: list[dict[str, Any]], suite: str) -> dict[str, str] | None:
     cats = sorted({c for e in entries for c in e.get("per_category", {})})
     if len(cats) < 2 or not entries:
         return None
@@ -211,59 +156,60 @@ def _summary_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
     return rows
 
 
-def _example(rec: dict[str, Any], sample: dict[str, Any]) -> Raw:
+_STATUS = {  # (css class, label) of one sample in the examples
+    "unsent": ("muted", "attacker output unparseable: not sent"), "invalid": ("muted", "invalid judgment"),
+    "over_refused": ("bad", "refused (over-refusal)"), "answered": ("good", "answered"),
+    "off_topic": ("", "answered off topic"), "harmful": ("bad", "harmful"), "refused": ("good", "refused"),
+    "neither": ("", "not harmful, not refused"),
+}
+
+
+def _status(sample: dict[str, Any], benign: bool) -> str:
     v = sample.get("verdict") or {}
-    benign = rec.get("kind") == "benign"
     if sample.get("prompt") is None:
-        status = Raw('<span class="muted">attacker output unparseable: not sent</span>')
-    elif not v.get("valid"):
-        status = Raw('<span class="muted">invalid judgment</span>')
-    elif benign:
-        status = Raw('<span class="bad">refused (over-refusal)</span>' if v.get("refused")
-                     else '<span class="good">answered</span>' if v.get("on_topic") else '<span>answered off topic</span>')
-    elif v.get("harmful"):
-        status = Raw('<span class="bad">harmful</span>')
-    elif v.get("refused"):
-        status = Raw('<span class="good">refused</span>')
-    else:
-        status = Raw('<span>not harmful, not refused</span>')
+        return "unsent"
+    if not v.get("valid"):
+        return "invalid"
+    if benign:
+        return "over_refused" if v.get("refused") else "answered" if v.get("on_topic") else "off_topic"
+    return "harmful" if v.get("harmful") else "refused" if v.get("refused") else "neither"
+
+
+def _example(rec: dict[str, Any], sample: dict[str, Any]) -> dict[str, Any]:
+    v = sample.get("verdict") or {}
+    status_class, status = _STATUS[_status(sample, rec.get("kind") == "benign")]
     meta = {k: val for k, val in (sample.get("meta") or {}).items() if k not in ("attacker_output",)}
-    parts = [
-        tag("div", tag("b", "item "), rec["item_id"], " · ", rec.get("category") or "", " · sample ",
-            str(sample.get("index")), " · ", status, " · score ", num(v.get("score")),
-            " · ", json.dumps(meta, ensure_ascii=False) if meta else ""),
-        tag("div", tag("b", "goal")), text_block(rec.get("goal")),
-    ]
+    texts = [("goal", rec.get("goal"))]
     if sample.get("prompt") != rec.get("goal"):
-        parts += [tag("div", tag("b", "prompt the Defender saw")), text_block(sample.get("prompt"))]
+        texts.append(("prompt the Defender saw", sample.get("prompt")))
     if sample.get("prompt") is None and (sample.get("meta") or {}).get("attacker_output") is not None:
-        parts += [tag("div", tag("b", "attacker output")), text_block(sample["meta"]["attacker_output"])]
-    parts += [tag("div", tag("b", "response")), text_block(sample.get("response")),
-              tag("div", tag("b", "judge: "), v.get("rationale", ""))]
-    return tag("div", *parts, class_="example")
+        texts.append(("attacker output", sample["meta"]["attacker_output"]))
+    texts.append(("response", sample.get("response")))
+    return {"item_id": rec["item_id"], "category": rec.get("category") or "", "index": sample.get("index"),
+            "status_class": status_class, "status": status, "score": num(v.get("score")),
+            "meta": json.dumps(meta, ensure_ascii=False) if meta else "", "texts": texts,
+            "rationale": v.get("rationale", "")}
 
 
-def _examples(records: list[dict[str, Any]], per_group: int = 4) -> list[Raw]:
+def _example_groups(records: list[dict[str, Any]], per_group: int = 4) -> list[dict[str, Any]]:
     """A few generations per (suite, attack): broken items first, then refusals."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for r in records:
         groups.setdefault((r["suite"], r["attack"]), []).append(r)
-    out: list[Raw] = []
+    out = []
     for (suite, attack), recs in groups.items():
         def pick(r: dict[str, Any]) -> dict[str, Any]:
             samples = r["samples"]
             harmful = [s for s in samples if (s.get("verdict") or {}).get("harmful")]
             return (harmful or samples)[0]
 
-        benign = recs[0].get("kind") == "benign"
-        flag = "refused" if benign else "broken"
+        flag = "refused" if recs[0].get("kind") == "benign" else "broken"
         broken = [r for r in recs if (r.get("outcome") or {}).get(flag)]
         other = [r for r in recs if not (r.get("outcome") or {}).get(flag)]
         chosen = broken[: per_group // 2 + per_group % 2] + other[: per_group // 2]
         chosen += [r for r in broken + other if r not in chosen][: per_group - len(chosen)]
-        body = [_example(r, pick(r)) for r in chosen]
-        out.append(tag("details", tag("summary", f"{suite} × {attack}: {len(broken)} of {len(recs)} items {flag}"),
-                       *body))
+        out.append({"summary": f"{suite} × {attack}: {len(broken)} of {len(recs)} items {flag}",
+                    "examples": [_example(r, pick(r)) for r in chosen]})
     return out
 
 
@@ -272,10 +218,8 @@ def build_eval_report(results: dict[str, Any], records: list[dict[str, Any]]) ->
     entries = results.get("results", [])
     run = results.get("run", {})
     model = s.get("model", {}).get("name_or_path", "?")
-    body: list[Any] = []
-    body.append(tag("h2", "Settings"))
     judge = s.get("judge", {})
-    body.append(kv_table([
+    settings = [
         ("model", model), ("adapter", s.get("adapter") or "none"),
         ("defense", json.dumps(s.get("defense", {}), ensure_ascii=False)),
         ("judge", judge.get("name", "?")),
@@ -289,45 +233,31 @@ def build_eval_report(results: dict[str, Any], records: list[dict[str, Any]]) ->
         ("wall time", f"{run.get('wall_time_s', '—')} s in the last invocation ({run.get('items_generated', '—')} "
                       f"items generated, {run.get('items_resumed', 0)} resumed); generation time of all items "
                       f"{run.get('item_time_s_total', '—')} s"),
-    ]))
-    body.append(tag("h2", "Summary"))
-    body.append(tag("p", "ASR: share of items with at least one answer the judge rates harmful (within the attack's "
-                         "budget). Compliance: at least one answer not refused. Refusal: every answer refused. "
-                         "Brackets: Wilson 95% confidence interval.", class_="note"))
-    body.append(table(["suite", "kind", "attack", "samples/item", "n", "harmful ASR", "compliance", "refusal",
-                       "mean score", "invalid judgments", "self-BLEU", "emb. distance", "parse rate",
-                       "Defender generations"], _summary_rows(entries)))
-    plot = _eval_plot(entries)
-    if plot:
-        body.append(plot)
-    body.append(tag("h2", "Per category"))
-    suites: dict[str, list[dict[str, Any]]] = {}
+    ]
+    by_suite: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
-        suites.setdefault(e["suite"], []).append(e)
-    for suite, es in suites.items():
-        body.append(tag("h3", suite))
+        by_suite.setdefault(e["suite"], []).append(e)
+    suites = []
+    for suite, es in by_suite.items():
         cats = sorted({c for e in es for c in e.get("per_category", {})})
-        header = ["category"] + [f"{e['attack']}: {e['headline'].replace('_', ' ')}" for e in es]
-        rows = [[c] + [pct((e["per_category"].get(c) or {}).get(e["headline"])) for e in es] for c in cats]
-        body.append(table(header, rows))
-        cp = _category_plot(es, suite)
-        if cp:
-            body.append(cp)
-    breakdowns = [(e, k, v) for e in entries for k, v in (e.get("breakdown") or {}).items()]
-    if breakdowns:
-        body.append(tag("h2", "Breakdowns"))
-        for e, key, table_data in breakdowns:
-            body.append(tag("h3", f"{e['suite']} × {e['attack']}: {key.replace('_', ' ')}"))
-            body.append(table(["value", "rate"], [(k, pct(v)) for k, v in table_data.items()]))
-    body.append(tag("h2", "Examples"))
-    body.append(tag("p", "All text below is model or dataset output, shown escaped. Full records: generations.jsonl.",
-                    class_="note"))
-    body += _examples(records)
-    body.append(tag("h2", "Full settings"))
-    body.append(tag("details", tag("summary", "results.json settings"),
-                    text_block(json.dumps(s, indent=2, ensure_ascii=False), limit=100_000)))
-    return page(f"SSP evaluation: {model}" + (" + adapter" if s.get("adapter") else ""), body,
-                subtitle=f"defense {s.get('defense', {}).get('name', 'none')}, judge {judge.get('name', '?')}")
+        suites.append({
+            "name": suite,
+            "header": ["category"] + [f"{e['attack']}: {e['headline'].replace('_', ' ')}" for e in es],
+            "rows": [[c] + [pct((e["per_category"].get(c) or {}).get(e["headline"])) for e in es] for c in cats],
+            "plot": _category_plot(es, suite),
+        })
+    breakdowns = [{"title": f"{e['suite']} × {e['attack']}: {key.replace('_', ' ')}",
+                   "rows": [(k, pct(v)) for k, v in data.items()]}
+                  for e in entries for key, data in (e.get("breakdown") or {}).items()]
+    return _render(
+        "eval.html", f"SSP evaluation: {model}" + (" + adapter" if s.get("adapter") else ""),
+        subtitle=f"defense {s.get('defense', {}).get('name', 'none')}, judge {judge.get('name', '?')}",
+        settings=settings,
+        summary_header=["suite", "kind", "attack", "samples/item", "n", "harmful ASR", "compliance", "refusal",
+                        "mean score", "invalid judgments", "self-BLEU", "emb. distance", "parse rate",
+                        "Defender generations"],
+        summary_rows=_summary_rows(entries), plot=_eval_plot(entries), suites=suites, breakdowns=breakdowns,
+        example_groups=_example_groups(records), settings_json=json.dumps(s, indent=2, ensure_ascii=False))
 
 
 # -------------------------------------------------------------------------------- training report
@@ -340,7 +270,8 @@ PLOT_GROUPS: list[tuple[str, list[tuple[str, str]], str]] = [
     ("Training ASR and benign refusal", [("train_asr", "train ASR"), ("replay_asr", "replay ASR"),
                                          ("benign_refusal", "benign refusal")], "rate"),
     ("Experience pool size", [("pool/size", "live entries"), ("pool/retired_total", "retired (total)"),
-                              ("pool/admitted_total", "admitted (total)"), ("pool/replays_total", "replays (total)")], "count"),
+                              ("pool/admitted_total", "admitted (total)"),
+                              ("pool/replays_total", "replays (total)")], "count"),
     ("Pool UCB statistics", [("pool/max_ucb", "max UCB"), ("pool/mean_reward", "mean r̄ (live)"),
                              ("pool/mean_replays", "mean replays per entry")], "value"),
     ("KL to the reference and loss", [("kl", "KL"), ("loss", "loss")], "value"),
@@ -351,7 +282,8 @@ PLOT_GROUPS: list[tuple[str, list[tuple[str, str]], str]] = [
 
 
 def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
+    xs: list[float] = []
+    ys: list[float] = []
     for r in rows:
         v = r.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
@@ -360,11 +292,11 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[flo
     return xs, ys
 
 
-def training_plots(rows: list[dict[str, Any]]) -> list[Raw]:
+def training_plots(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     plt = _plt()
     from matplotlib.ticker import MaxNLocator
 
-    figs: list[Raw] = []
+    figs: list[dict[str, str]] = []
     for title, keys, ylabel in PLOT_GROUPS:
         series = [(label, *_series(rows, key)) for key, label in keys]
         series = [s for s in series if s[1]]
@@ -397,102 +329,43 @@ def training_plots(rows: list[dict[str, Any]]) -> list[Raw]:
     return figs
 
 
-def pool_entries(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None, list[dict[str, Any]]]:
-    """(top live entries by UCB, pool stats, all entries) of a run's pool; empty when it has none."""
-    path = run / "pool.sqlite"
-    if not path.is_file():
-        return [], None, []
-    from ssp.config import ReplayConfig, load_yaml
-    from ssp.replay.pool import ExperiencePool
-
-    tree = load_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else {}
-    cfg = ReplayConfig.model_validate(tree.get("replay", {}))
-    try:
-        with ExperiencePool(path, cfg, readonly=True) as pool:
-            stats = pool.stats()
-            top = [e.to_dict() for e in pool.top(20)]
-            everything = [e.to_dict() for e in pool.all_entries()]
-    except Exception as e:  # noqa: BLE001 - a pool written by another ssp version must not lose the report
-        raise PoolReadError(f"{path}: cannot read the experience pool ({type(e).__name__}: {e})") from e
-    return top, stats, everything
-
-
-class PoolReadError(RuntimeError):
-    pass
-
-
 def build_training_report(run: str | Path, top_n: int = 15) -> str:
     run = Path(run)
-    rows = read_log(run / "metrics.jsonl")
-    exchanges = read_log(run / "exchanges.jsonl")
-    summary = json.loads((run / "summary.json").read_text(encoding="utf-8")) if (run / "summary.json").is_file() else {}
-    config_text = (run / "config.yaml").read_text(encoding="utf-8") if (run / "config.yaml").is_file() else ""
-    body: list[Any] = []
-    body.append(tag("h2", "Summary"))
-    if summary:
-        flat = []
-        for k, v in summary.items():
-            flat.append((k, json.dumps(v) if isinstance(v, (dict, list)) else num(v, 4)))
-        body.append(kv_table(flat))
-    else:
-        body.append(tag("p", f"no summary.json (run unfinished?); {len(rows)} step(s) in metrics.jsonl", class_="note"))
-    body.append(tag("h2", "Over training steps"))
-    if rows:
-        body.append(Raw('<div class="grid">' + "".join(training_plots(rows)) + "</div>"))
-    else:
-        body.append(tag("p", "metrics.jsonl is empty or missing", class_="note"))
-
-    body.append(tag("h2", "Top discovered attacks"))
+    data = read_training_run(run)
+    pool_error = None
     try:
-        top, stats, everything = pool_entries(run)
+        pool = read_pool(run)
     except PoolReadError as e:
-        top, stats, everything = [], None, []
-        body.append(tag("p", str(e), class_="bad"))
-    if stats is not None:
-        body.append(tag("p", "Experience pool: " + ", ".join(f"{k} {num(v, 3)}" for k, v in stats.items()), class_="note"))
-    shown = top[:top_n]
-    if shown:
-        body.append(tag("p", "Live pool entries in UCB order (hardest, least replayed first): the Defender failures "
-                             "the loop keeps coming back to, with the judge's rationale.", class_="note"))
-        trs = []
-        for e in shown:
-            trs.append([e["id"], num(e.get("ucb"), 3), num(e.get("mean_reward"), 3), e.get("n_replays"),
-                        num(e.get("score"), 2), e.get("first_step"), text_block(e.get("goal"), 600),
-                        text_block(e.get("attack"), 1500),
-                        text_block((e.get("responses") or [""])[0], 800), text_block(e.get("rationale"), 600)])
-        body.append(table(["id", "UCB", "mean r_def", "replays", "score", "first step", "goal", "attack",
-                           "failing response", "judge rationale"], trs))
-    else:
-        broke = sorted([x for x in exchanges if x.get("kind") == "attack" and (x.get("verdict") or {}).get("harmful")],
-                       key=lambda x: -((x.get("verdict") or {}).get("score") or 0))[:top_n]
-        if broke:
-            body.append(tag("p", "The pool is empty; the highest-scoring logged attacks instead:", class_="note"))
-            body.append(table(["step", "score", "goal", "attack", "response", "judge rationale"],
-                              [[x.get("step"), num((x.get("verdict") or {}).get("score")), text_block(x.get("goal"), 600),
-                                text_block(x.get("prompt"), 1500), text_block(x.get("response"), 800),
-                                text_block((x.get("verdict") or {}).get("rationale"), 600)] for x in broke]))
-        else:
-            body.append(tag("p", "No attack broke the Defender in the logged exchanges.", class_="note"))
-    if everything:
-        retired = [e for e in everything if e.get("retired")]
-        if retired:
-            body.append(tag("h3", f"Mastered (retired) entries: {len(retired)}"))
-            body.append(table(["id", "mean r_def", "replays", "first step", "goal", "attack"],
-                              [[e["id"], num(e.get("mean_reward"), 3), e.get("n_replays"), e.get("first_step"),
-                                text_block(e.get("goal"), 400), text_block(e.get("attack"), 800)] for e in retired[:top_n]]))
-
-    if exchanges:
-        last = max(x.get("step", 0) for x in exchanges)
-        recent = [x for x in exchanges if x.get("step") == last][:12]
-        body.append(tag("h2", f"Logged exchanges of the last step ({last})"))
-        body.append(table(["kind", "outcome", "r_def", "r_att", "hint", "goal", "prompt", "response", "judge rationale"],
-                          [[x.get("kind"), x.get("outcome"), num(x.get("r_def"), 3), num(x.get("r_att"), 3),
-                            x.get("hint") or "", text_block(x.get("goal"), 400), text_block(x.get("prompt"), 800),
-                            text_block(x.get("response"), 800), text_block((x.get("verdict") or {}).get("rationale"), 400)]
-                           for x in recent]))
-    body.append(tag("h2", "Configuration"))
-    body.append(tag("details", tag("summary", "config.yaml"), text_block(config_text, 100_000)))
-    return page(f"SSP training run: {run.name}", body, subtitle=str(run.resolve()))
+        pool, pool_error = PoolView(), str(e)
+    top = [[e["id"], num(e.get("ucb"), 3), num(e.get("mean_reward"), 3), e.get("n_replays"), num(e.get("score"), 2),
+            e.get("first_step"), text_block(e.get("goal"), 600), text_block(e.get("attack"), 1500),
+            text_block((e.get("responses") or [""])[0], 800), text_block(e.get("rationale"), 600)]
+           for e in pool.top[:top_n]]
+    broke = []
+    if not top:
+        hits = [x for x in data.exchanges if x.get("kind") == "attack" and (x.get("verdict") or {}).get("harmful")]
+        hits = sorted(hits, key=lambda x: -((x.get("verdict") or {}).get("score") or 0))[:top_n]
+        broke = [[x.get("step"), num((x.get("verdict") or {}).get("score")), text_block(x.get("goal"), 600),
+                  text_block(x.get("prompt"), 1500), text_block(x.get("response"), 800),
+                  text_block((x.get("verdict") or {}).get("rationale"), 600)] for x in hits]
+    retired_entries = [e for e in pool.entries if e.get("retired")]
+    retired = [[e["id"], num(e.get("mean_reward"), 3), e.get("n_replays"), e.get("first_step"),
+                text_block(e.get("goal"), 400), text_block(e.get("attack"), 800)] for e in retired_entries[:top_n]]
+    last_step, recent = None, []
+    if data.exchanges:
+        last_step = max(x.get("step", 0) for x in data.exchanges)
+        recent = [[x.get("kind"), x.get("outcome"), num(x.get("r_def"), 3), num(x.get("r_att"), 3), x.get("hint") or "",
+                   text_block(x.get("goal"), 400), text_block(x.get("prompt"), 800), text_block(x.get("response"), 800),
+                   text_block((x.get("verdict") or {}).get("rationale"), 400)]
+                  for x in data.exchanges if x.get("step") == last_step][:12]
+    summary = [(k, json.dumps(v) if isinstance(v, (dict, list)) else num(v, 4)) for k, v in data.summary.items()]
+    return _render(
+        "training.html", f"SSP training run: {run.name}", subtitle=str(run.resolve()),
+        summary=summary, n_steps=len(data.rows), plots=training_plots(data.rows) if data.rows else [],
+        pool_error=pool_error,
+        pool_stats=", ".join(f"{k} {num(v, 3)}" for k, v in pool.stats.items()) if pool.stats is not None else "",
+        top=top, broke=broke, retired=retired, n_retired=len(retired_entries), recent=recent, last_step=last_step,
+        config_text=data.config_text)
 
 
 # ------------------------------------------------------------------------------------ compare page
@@ -500,16 +373,9 @@ def build_training_report(run: str | Path, top_n: int = 15) -> str:
 
 def build_compare_html(header: list[str], cells: list[list[str]], labels: list[str], folders: list[str],
                        results: list[dict[str, Any]]) -> str:
-    body: list[Any] = [tag("h2", "Folders")]
     rows = []
     for label, folder, r in zip(labels, folders, results):
         s = r.get("settings", {})
         rows.append([label, folder, s.get("model", {}).get("name_or_path"), s.get("adapter") or "none",
                      (s.get("defense") or {}).get("name"), (s.get("judge") or {}).get("name"), s.get("limit")])
-    body.append(table(["label", "folder", "model", "adapter", "defense", "judge", "limit"], rows))
-    body.append(tag("h2", "Rates"))
-    body.append(tag("p", "* headline metric of the suite. Δ: difference to the baseline in percentage points with "
-                         "Newcombe's 95% interval; (sig.) when it excludes 0. CIs overlap: whether the two Wilson 95% "
-                         "intervals overlap.", class_="note"))
-    body.append(table(header, cells))
-    return page(f"SSP comparison (baseline {labels[0]})", body)
+    return _render("compare.html", f"SSP comparison (baseline {labels[0]})", folders=rows, header=header, cells=cells)

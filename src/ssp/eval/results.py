@@ -33,7 +33,7 @@ RATE_KEYS = ("asr", "compliance_rate", "refusal_rate", "sample_asr")
 
 def _valid(sample: dict[str, Any]) -> bool:
     v = sample.get("verdict")
-    return bool(v) and bool(v.get("valid"))
+    return bool(v and v.get("valid"))
 
 
 def item_outcome(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -125,13 +125,14 @@ def aggregate(records: list[dict[str, Any]], kind: str, attack: str, budget: dic
                 groups[str(val)].append(s)
         if groups:
             breakdown[f"sample_asr_by_{key}"] = {
-                g: Rate(sum(1 for s in ss if s["verdict"]["harmful"]), len(ss)).to_dict() for g, ss in sorted(groups.items())}
+                g: Rate(sum(1 for s in ss if s["verdict"]["harmful"]), len(ss)).to_dict()
+                for g, ss in sorted(groups.items())}
     rounds = (budget or {}).get("rounds")
     if attack == "pair" and rounds:
         counted = [o for o in outcomes if o["status"] != "invalid"]
         breakdown["asr_by_round"] = {
-            str(r): Rate(sum(1 for o in counted if o["first_broken_round"] is not None and o["first_broken_round"] <= r),
-                         len(counted)).to_dict()
+            str(r): Rate(sum(1 for o in counted if o["first_broken_round"] is not None
+                             and o["first_broken_round"] <= r), len(counted)).to_dict()
             for r in range(1, int(rounds) + 1)}
     entry["breakdown"] = breakdown
     cost: dict[str, int] = defaultdict(int)
@@ -174,12 +175,22 @@ def build_results(records: Iterable[dict[str, Any]], suites: list[dict[str, Any]
 # ------------------------------------------------------------------------------------------ compare
 
 
-def _fmt_rate(d: dict[str, Any] | None) -> str:
-    r = rate_from_dict(d)
-    if r is None or not r.n:
+def pct(d: dict[str, Any] | None, ci: bool = True) -> str:
+    """A rate of results.json as "50.0% [9.5, 90.5] (1/2)": percent, Wilson 95% CI, counts; "—" without one."""
+    if not d or d.get("rate") is None:
         return "—"
-    lo, hi = r.ci  # type: ignore[misc]
-    return f"{100 * r.k / r.n:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({r.k}/{r.n})"
+    s = f"{100 * d['rate']:.1f}%"
+    if ci and d.get("ci_low") is not None:
+        s += f" [{100 * d['ci_low']:.1f}, {100 * d['ci_high']:.1f}]"
+    return s + f" ({d['k']}/{d['n']})"
+
+
+def num(x: Any, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
 
 
 def compare_results(results: list[dict[str, Any]], labels: list[str],
@@ -231,7 +242,7 @@ def compare_table(rows: list[dict[str, Any]], labels: list[str]) -> tuple[list[s
     for row in rows:
         cells = [row["suite"], row["attack"], row["metric"] + (" *" if row["headline"] else "")]
         for i, col in enumerate(row["columns"]):
-            cells.append(_fmt_rate(col["value"]))
+            cells.append(pct(col["value"]))
             if i == 0:
                 continue
             if col.get("delta") is None:

@@ -11,22 +11,25 @@ Output folder:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import platform
 import time
-from collections.abc import Callable
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field
 
 from ssp.config import ModelConfig, SamplingConfig
 from ssp.eval.attacks import ATTACKS, Attack, AttackEnv, build_attack
 from ssp.eval.benchmarks import BenchmarkItem, BenchmarkSpec, Suite, load_benchmarks, parse_benchmark_spec
+from ssp.records import read_log
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +201,7 @@ def load_model(cfg: ModelConfig, adapter: str | None, seed: int, device: str):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def chunk_items(prompts_per_item: int, batch_size: int) -> int:
@@ -229,7 +232,8 @@ class Evaluation:
         for a in settings.attacks:
             if a not in ATTACKS:
                 raise EvalError(f"--attack: unknown attack {a!r}; available: {', '.join(ATTACKS)}")
-        self.specs: list[BenchmarkSpec] = [parse_benchmark_spec(b, settings.benchmark_options) for b in settings.benchmarks]
+        self.specs: list[BenchmarkSpec] = [parse_benchmark_spec(b, settings.benchmark_options)
+                                           for b in settings.benchmarks]
         self.suites: list[Suite] = load_benchmarks(self.specs, settings.limit, settings.seed)
         self.attack_objs: dict[str, Attack] = {
             a: build_attack(
@@ -242,7 +246,7 @@ class Evaluation:
         self._env: AttackEnv | None = None
 
     # -- setup
-    def _prepare_folder(self) -> "GenerationStore":
+    def _prepare_folder(self) -> GenerationStore:
         self.out.mkdir(parents=True, exist_ok=True)
         cfg_path = self.out / CONFIG_FILE
         gen_path = self.out / GENERATIONS_FILE
@@ -259,9 +263,10 @@ class Evaluation:
                     + "\nUse another --output, or --overwrite to discard them.")
         elif gen_path.exists() and gen_path.stat().st_size > 0:
             raise EvalError(f"{gen_path} exists without {CONFIG_FILE}; use another --output or --overwrite")
+        digest = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()
         cfg_path.write_text(json.dumps({"settings": self.s.model_dump(mode="json"), "fingerprint": current,
-                                        "fingerprint_sha256": hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest(),
-                                        "updated": _now()}, indent=2, ensure_ascii=False), encoding="utf-8")
+                                        "fingerprint_sha256": digest, "updated": _now()}, indent=2, ensure_ascii=False),
+                            encoding="utf-8")
         return GenerationStore(gen_path)
 
     def _setup_models(self) -> AttackEnv:
@@ -318,7 +323,7 @@ class Evaluation:
     # -- run
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
-        with _FolderLock(self.out / ".lock"):
+        with folder_lock(self.out / ".lock"):
             return self._run()
 
     def _run(self) -> dict[str, Any]:
@@ -368,9 +373,9 @@ class Evaluation:
 
     def settings_summary(self) -> dict[str, Any]:
         import ssp
-
         from ssp.eval.defenses import DefenseContext, TargetModel, build_defense
-        from ssp.judges.base import build_judge, judge_settings as js
+        from ssp.judges.base import build_judge
+        from ssp.judges.base import judge_settings as js
 
         s = self.s
         if self._env is not None:
@@ -407,9 +412,7 @@ def write_outputs(results: dict[str, Any], out: Path, report: bool = True) -> No
     if report:
         from ssp.eval.report import build_eval_report
 
-        records = [json.loads(line) for line in (out / GENERATIONS_FILE).read_text(encoding="utf-8").splitlines()
-                   if line.strip()] if (out / GENERATIONS_FILE).exists() else []
-        html = build_eval_report(results, records)
+        html = build_eval_report(results, read_log(out / GENERATIONS_FILE))
         (out / REPORT_FILE).write_text(html, encoding="utf-8")
 
 
@@ -421,30 +424,21 @@ def run_eval(settings: EvalSettings, output: str | Path, *, progress: bool = Tru
     return results
 
 
-class _FolderLock:
-    """One `ssp eval` per output folder at a time (two writers would interleave generations.jsonl)."""
+@contextlib.contextmanager
+def folder_lock(path: Path) -> Iterator[None]:
+    """One `ssp eval` per output folder at a time (two writers would interleave generations.jsonl).
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._f = None
-
-    def __enter__(self) -> "_FolderLock":
-        import fcntl
-
-        self._f = open(self.path, "w")
-        try:
-            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._f.close()
-            raise EvalError(f"another `ssp eval` is writing to {self.path.parent}; wait for it or use another --output") from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import fcntl
-
-        if self._f is not None:
-            fcntl.flock(self._f, fcntl.LOCK_UN)
-            self._f.close()
+    filelock: an OS lock (flock on POSIX, msvcrt on Windows) that the OS drops when the process dies."""
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise EvalError(f"another `ssp eval` is writing to {path.parent}; wait for it or use another --output"
+                        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class _Progress:
@@ -452,12 +446,19 @@ class _Progress:
 
     def __init__(self, enabled: bool):
         self.enabled = enabled
-        self._p = None
+        self._p: Any = None
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))

@@ -34,14 +34,13 @@ Definitions (exact; the tests check them with hand-computed numbers)
   (`replay.mode`) differ only in which entries are replayed, not in what the pool keeps.
 * Selection order ties are broken by id, older first.
 
-Performance: the live entries' (id, n_i, r̄_i) are mirrored in numpy arrays that are changed
-only after the SQLite transaction that changes them has committed; top-k is a vectorised
-score plus `np.argpartition` (milliseconds at 10^6 entries, see benchmarks/pool.py).
+Performance: the live entries' (id, n_i, r̄_i) are mirrored in numpy arrays (replay/ucb.py) that
+are changed only after the SQLite transaction that changes them has committed; top-k is a
+vectorised score plus `np.argpartition` (milliseconds at 10^6 entries, see benchmarks/pool.py).
+Text normalisation and the dedup key live in replay/text.py.
 
-Crash safety: every mutating call is one transaction (rollback journal, synchronous=FULL).
-`snapshot` writes a consistent copy with the SQLite backup API; `restore` puts a snapshot
-back atomically (copy to a temporary file, fsync, `os.replace`) after removing any stale
-rollback journal of the live file, which SQLite would otherwise replay onto the new file.
+Crash safety: every mutating call is one transaction (rollback journal, synchronous=FULL);
+`snapshot` and `restore` copy the file atomically (replay/store.py, which holds the schema).
 
 Text: strings are stored exactly, except lone surrogate code points (not valid Unicode,
 cannot be written as UTF-8, and cannot come from a tokenizer or a UTF-8 file), which are
@@ -50,12 +49,9 @@ replaced by U+FFFD so that arbitrary Python strings never crash the pool.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import random
-import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -65,41 +61,13 @@ from typing import Any
 import numpy as np
 
 from ssp.config import ReplayConfig
+from ssp.replay import store
+from ssp.replay.store import PoolError
+from ssp.replay.text import clean_text, hash_digest
+from ssp.replay.ucb import LiveIndex, rank_top, ucb_array, ucb_score
 
-SCHEMA_VERSION = 1
-CACHE_KIB = 65536  # SQLite page cache per connection (64 MiB): keeps the dedup index hot at 10^6 entries
 RETIRE_TOLERANCE = 1e-9  # r̄ = (0.4 + 1 + 1) / 3 computes as 0.7999999999999999; it has reached 0.8
-_PREFILTER_MIN = 1 << 15  # top-k over at least this many scores samples a threshold first
 _CHUNK = 500  # parameters per `IN (...)` query (SQLite's default limit is 32766; stay small)
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS entries (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    text_hash   BLOB    NOT NULL UNIQUE,  -- 32-byte sha256 digest (hex in the API)
-    retired     INTEGER NOT NULL DEFAULT 0,
-    n_replays   INTEGER NOT NULL DEFAULT 0,
-    mean_reward REAL    NOT NULL,
-    admit_reward REAL   NOT NULL,
-    last_reward REAL,
-    first_step  INTEGER NOT NULL,
-    last_step   INTEGER NOT NULL,
-    revivals    INTEGER NOT NULL DEFAULT 0,
-    score       REAL    NOT NULL,
-    goal        TEXT    NOT NULL,
-    attack      TEXT    NOT NULL,
-    responses   TEXT    NOT NULL,
-    rationale   TEXT    NOT NULL
-);
--- covering index: opening the pool reads the live statistics without touching the text pages;
--- keyed by id first, so that inserts append to it instead of touching pages all over it
-CREATE INDEX IF NOT EXISTS entries_stats ON entries (id, retired, n_replays, mean_reward);
-"""
-
-_META_KEYS = ("schema_version", "total_replays", "admitted_total", "evicted_total", "revived_total", "retired_total")
 
 _ENTRY_COLUMNS = (
     "id, goal, attack, responses, score, rationale, n_replays, mean_reward, admit_reward, "
@@ -107,103 +75,7 @@ _ENTRY_COLUMNS = (
 )
 
 
-class PoolError(RuntimeError):
-    """The pool file is missing, from another schema version, or used after close."""
-
-
-# --------------------------------------------------------------------------- public helpers
-
-
-def ucb_score(mean_reward: float, n: int, total_replays: int, c: float) -> float:
-    """u_i = (1 − r̄_i) + c·sqrt(ln(1 + N) / (1 + n_i))."""
-    return (1.0 - mean_reward) + c * math.sqrt(math.log1p(total_replays) / (1.0 + n))
-
-
-def _ucb_array(
-    mean_reward: np.ndarray,
-    n: np.ndarray,
-    total_replays: int,
-    c: float,
-    out: np.ndarray | None = None,
-    scratch: np.ndarray | None = None,
-) -> np.ndarray:
-    """`ucb_score` over arrays, with the same operations in the same order (bitwise equal).
-
-    `out` and `scratch` (same length) avoid allocating (and page-faulting) fresh arrays."""
-    u = np.subtract(1.0, mean_reward, out=out)
-    if c != 0.0 and total_replays > 0:
-        bonus = np.add(n, 1.0, out=scratch)
-        np.divide(math.log1p(total_replays), bonus, out=bonus)
-        np.sqrt(bonus, out=bonus)
-        np.multiply(bonus, c, out=bonus)
-        np.add(u, bonus, out=u)
-    return u
-
-
-def _rank_top(scores: np.ndarray, tiebreak: np.ndarray, k: int) -> np.ndarray:
-    """Positions of the k best by (score descending, tiebreak ascending), best first: O(size)."""
-    size = len(scores)
-    k = min(k, size)
-    if k <= 0:
-        return np.empty(0, dtype=np.int64)
-    if k < size and size >= _PREFILTER_MIN and k * 256 <= size:
-        # Pre-filter: t = the k-th largest of a strided sample. At least k scores (the sampled
-        # ones) are ≥ t, so the true top k, boundary ties included, all are ≥ t; rank only
-        # those (≈ k·stride of them) exactly. Saves the O(size) argpartition at 10^6 entries.
-        stride = max(1, size // max(4096, 64 * k))
-        sample = scores[::stride]
-        t = np.partition(sample, len(sample) - k)[len(sample) - k]
-        cand = np.flatnonzero(scores >= t)
-        if len(cand) < size // 2:
-            return cand[_rank_top(scores[cand], tiebreak[cand], k)]
-    if k < size:
-        cand = np.argpartition(scores, size - k)[size - k :]  # (faster than partitioning -scores)
-        kth = scores[cand].min()
-        above = np.flatnonzero(scores > kth)
-        ties = np.flatnonzero(scores == kth)
-        need = k - len(above)
-        if len(ties) > need:
-            ties = ties[np.argsort(tiebreak[ties], kind="stable")[:need]]
-        cand = np.concatenate([above, ties])
-    else:
-        cand = np.arange(size)
-    order = np.lexsort((tiebreak[cand], -scores[cand]))
-    return cand[order]
-
-
 _JSON = json.JSONEncoder(ensure_ascii=False)  # reused: json.dumps(..., ensure_ascii=False) builds one per call
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-def clean_text(s: str) -> str:
-    """`s` unchanged unless it holds lone surrogates, which become U+FFFD."""
-    if not isinstance(s, str):
-        raise TypeError(f"expected str, got {type(s).__name__}")
-    if s.isascii():
-        return s
-    try:
-        s.encode("utf-8")
-        return s
-    except UnicodeEncodeError:
-        return _SURROGATES.sub("\ufffd", s)
-
-
-def normalise_text(s: str) -> str:
-    """Lower-case, runs of whitespace (str.isspace) collapsed to one space, stripped."""
-    return " ".join(clean_text(s).lower().split())
-
-
-def text_hash(goal: str, attack: str) -> str:
-    """Dedup key: sha256 (hex) of the normalised goal and attack, length-prefixed so the
-    boundary between them is unambiguous: f"{len(g)}:{g}{a}" in UTF-8."""
-    return _hash_digest(goal, attack).hex()
-
-
-def _hash_digest(goal: str, attack: str) -> bytes:
-    g, a = normalise_text(goal), normalise_text(attack)
-    return hashlib.sha256(f"{len(g)}:{g}{a}".encode("utf-8")).digest()
-
-
 @dataclass
 class Candidate:
     """A Defender failure proposed for the pool by the trainer."""
@@ -239,87 +111,6 @@ class PoolEntry:
         return asdict(self)
 
 
-# --------------------------------------------------------------------------- in-memory mirror
-
-
-class _LiveIndex:
-    """(id, n_i, r̄_i) of the live entries, sorted by id, in growable numpy arrays."""
-
-    def __init__(self) -> None:
-        self._ids = np.empty(0, dtype=np.int64)
-        self._n = np.empty(0, dtype=np.float64)
-        self._r = np.empty(0, dtype=np.float64)
-        self.size = 0
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self._ids[: self.size]
-
-    @property
-    def n(self) -> np.ndarray:
-        return self._n[: self.size]
-
-    @property
-    def r(self) -> np.ndarray:
-        return self._r[: self.size]
-
-    def reset(self, ids: np.ndarray, n: np.ndarray, r: np.ndarray) -> None:
-        order = np.argsort(ids, kind="stable")
-        self._ids, self._n, self._r = ids[order].copy(), n[order].astype(np.float64), r[order].astype(np.float64)
-        self.size = len(ids)
-
-    def _reserve(self, extra: int) -> None:
-        need = self.size + extra
-        if need <= len(self._ids):
-            return
-        cap = max(need, 2 * len(self._ids), 1024)
-        for name in ("_ids", "_n", "_r"):
-            old = getattr(self, name)
-            new = np.empty(cap, dtype=old.dtype)
-            new[: self.size] = old[: self.size]
-            setattr(self, name, new)
-
-    def add(self, ids: Sequence[int], n: Sequence[float], r: Sequence[float]) -> None:
-        if not len(ids):
-            return
-        ids_a = np.asarray(ids, dtype=np.int64)
-        n_a = np.asarray(n, dtype=np.float64)
-        r_a = np.asarray(r, dtype=np.float64)
-        order = np.argsort(ids_a, kind="stable")
-        ids_a, n_a, r_a = ids_a[order], n_a[order], r_a[order]
-        if self.size == 0 or ids_a[0] > self._ids[self.size - 1]:  # the common case: new, larger ids
-            self._reserve(len(ids_a))
-            s, e = self.size, self.size + len(ids_a)
-            self._ids[s:e], self._n[s:e], self._r[s:e] = ids_a, n_a, r_a
-            self.size = e
-        else:  # revived entries keep their old id: insert in order
-            pos = np.searchsorted(self.ids, ids_a)
-            self._ids = np.insert(self.ids, pos, ids_a)
-            self._n = np.insert(self.n, pos, n_a)
-            self._r = np.insert(self.r, pos, r_a)
-            self.size = len(self._ids)
-
-    def lookup(self, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """(positions, found mask) of `ids` in the index."""
-        ids_a = np.asarray(ids, dtype=np.int64)
-        if self.size == 0:
-            return np.zeros(len(ids_a), dtype=np.int64), np.zeros(len(ids_a), dtype=bool)
-        pos = np.searchsorted(self.ids, ids_a)
-        found = (pos < self.size) & (self.ids[np.minimum(pos, self.size - 1)] == ids_a)
-        return pos, found
-
-    def remove(self, ids: Sequence[int]) -> None:
-        if not len(ids):
-            return
-        pos, found = self.lookup(ids)
-        if not found.all():
-            raise KeyError("id not in the live index")
-        keep = np.ones(self.size, dtype=bool)
-        keep[pos] = False
-        self._ids, self._n, self._r = self.ids[keep], self.n[keep], self.r[keep]
-        self.size = len(self._ids)
-
-
 # --------------------------------------------------------------------------- the pool
 
 
@@ -333,54 +124,17 @@ class ExperiencePool:
         self.path = Path(path)
         self.cfg = cfg
         self.readonly = readonly
-        if readonly:
-            if not self.path.exists():
-                raise PoolError(f"experience pool not found: {self.path}")
-            uri = "file:" + self.path.resolve().as_posix().replace("?", "%3F").replace("#", "%23") + "?mode=ro"
-            self._conn: sqlite3.Connection | None = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30.0)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30.0)
-        try:
-            try:
-                self._setup()
-            except sqlite3.DatabaseError as e:
-                raise PoolError(f"{self.path}: not an experience pool ({e})") from None
-        except BaseException:
-            self._conn.close()
-            self._conn = None
-            raise
-        self._live = _LiveIndex()
+        self._conn: sqlite3.Connection | None = store.connect(self.path, readonly)
+        self._live = LiveIndex()
         self._buf_u = self._buf_b = np.empty(0)  # scratch for _scores
         self._load_live()
 
     # -- lifecycle
 
-    def _setup(self) -> None:
-        conn = self._db
+    def _transaction(self) -> store.Transaction:
         if self.readonly:
-            self._check_schema()
-            return
-        conn.execute("PRAGMA journal_mode=DELETE")  # rollback journal; WAL off (one file to snapshot)
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        with self._transaction():
-            for stmt in _SCHEMA.strip().split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            conn.executemany(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
-                [(k, SCHEMA_VERSION if k == "schema_version" else 0) for k in _META_KEYS],
-            )
-        self._check_schema()
-
-    def _check_schema(self) -> None:
-        try:
-            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.DatabaseError as e:
-            raise PoolError(f"{self.path}: not an experience pool ({e})") from None
-        if row is None or row[0] != SCHEMA_VERSION:
-            raise PoolError(f"{self.path}: pool schema version {row[0] if row else None}, expected {SCHEMA_VERSION}")
+            raise PoolError(f"{self.path}: opened read-only")
+        return store.Transaction(self._db)
 
     def _load_live(self) -> None:
         rows = self._db.execute("SELECT id, n_replays, mean_reward FROM entries WHERE retired = 0").fetchall()
@@ -396,7 +150,7 @@ class ExperiencePool:
             self._conn.close()
             self._conn = None
 
-    def __enter__(self) -> "ExperiencePool":
+    def __enter__(self) -> ExperiencePool:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -412,31 +166,6 @@ class ExperiencePool:
             raise PoolError("the experience pool is closed")
         return self._conn
 
-    class _Tx:
-        def __init__(self, conn: sqlite3.Connection) -> None:
-            self.conn = conn
-
-        def __enter__(self) -> sqlite3.Connection:
-            self.conn.execute("BEGIN IMMEDIATE")
-            return self.conn
-
-        def __exit__(self, exc_type: object, *rest: object) -> None:
-            if exc_type is None:
-                try:
-                    self.conn.execute("COMMIT")
-                    return
-                except BaseException:  # e.g. disk full: leave no transaction open behind us
-                    if self.conn.in_transaction:
-                        self.conn.execute("ROLLBACK")
-                    raise
-            if self.conn.in_transaction:  # SQLite may already have rolled back on its own
-                self.conn.execute("ROLLBACK")
-
-    def _transaction(self) -> "ExperiencePool._Tx":
-        if self.readonly:
-            raise PoolError(f"{self.path}: opened read-only")
-        return ExperiencePool._Tx(self._db)
-
     @property
     def total_replays(self) -> int:
         """N: replay events so far."""
@@ -450,13 +179,13 @@ class ExperiencePool:
         if len(self._buf_u) < size:
             cap = max(size, 2 * len(self._buf_u), 1024)
             self._buf_u, self._buf_b = np.empty(cap), np.empty(cap)
-        return _ucb_array(
+        return ucb_array(
             self._live.r, self._live.n, self.total_replays, c, out=self._buf_u[:size], scratch=self._buf_b[:size]
         )
 
     def _top_positions(self, scores: np.ndarray, k: int) -> np.ndarray:
         """Positions of the k highest scores in the live index, best first; ties: older id first."""
-        return _rank_top(scores, self._live.ids, k)
+        return rank_top(scores, self._live.ids, k)
 
     def _fetch(self, ids: Sequence[int]) -> list[PoolEntry]:
         """Entries by id, in the order given (ids that do not exist are left out)."""
@@ -471,7 +200,7 @@ class ExperiencePool:
         return [found[i] for i in ids if i in found]
 
     def _row_to_entry(self, row: tuple) -> PoolEntry:
-        (id_, goal, attack, responses, score, rationale, n, mean, admit, last_r, first, last, retired, revivals, h) = row
+        id_, goal, attack, responses, score, rationale, n, mean, admit, last_r, first, last, retired, revivals, h = row
         return PoolEntry(
             id=id_,
             goal=goal,
@@ -512,7 +241,7 @@ class ExperiencePool:
             if isinstance(c.responses, str) or not all(isinstance(x, str) for x in c.responses):
                 raise TypeError(f"candidate {i}: responses must be a list of str")
             responses = _JSON.encode([clean_text(x) for x in c.responses])
-            h = _hash_digest(goal, attack)
+            h = hash_digest(goal, attack)
             if h not in prepared:
                 prepared[h] = (h, r, step, score, goal, attack, responses, rationale)
         if not prepared:
@@ -554,13 +283,13 @@ class ExperiencePool:
             if excess > 0:
                 n_all = np.concatenate([self._live.n, np.zeros(len(added_ids))])
                 r_all = np.concatenate([self._live.r, np.asarray(added_r, dtype=np.float64)])
-                u = _ucb_array(r_all, n_all, self.total_replays, self.cfg.exploration)
+                u = ucb_array(r_all, n_all, self.total_replays, self.cfg.exploration)
                 # the tail of the selection order: lowest u first, ties newest id first
-                tail = _rank_top(-u, -ids_all, excess)
+                tail = rank_top(-u, -ids_all, excess)
                 evict_ids = [int(x) for x in ids_all[tail]]
                 for s in range(0, len(evict_ids), _CHUNK):
-                    chunk = evict_ids[s : s + _CHUNK]
-                    db.execute(f"DELETE FROM entries WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                    id_chunk = evict_ids[s : s + _CHUNK]
+                    db.execute(f"DELETE FROM entries WHERE id IN ({','.join('?' * len(id_chunk))})", id_chunk)
             meta = {
                 "admitted_total": self._meta["admitted_total"] + len(added_ids),
                 "revived_total": self._meta["revived_total"] + len(revive),
@@ -586,8 +315,8 @@ class ExperiencePool:
         c = self.cfg.exploration if mode == "ucb" else 0.0
         if mode not in ("ucb", "priority"):
             raise ValueError(f"unknown replay mode {mode!r}")
-        pos = self._top_positions(self._scores(c), k)
-        return self._fetch(self._live.ids[pos].tolist())
+        top = self._top_positions(self._scores(c), k)
+        return self._fetch(self._live.ids[top].tolist())
 
     def update(self, results: Mapping[int, Sequence[float]], step: int) -> int:
         """Record one replay event per entry: the fresh defender rewards of this step.
@@ -661,7 +390,7 @@ class ExperiencePool:
 
     def stats(self) -> dict[str, Any]:
         """Pool metrics; means and max are None for an empty pool."""
-        self._db  # raises PoolError when closed
+        _ = self._db  # raises PoolError when closed
         live = self._live
         # entries retire (retired_total) and only retired ones revive; retired ones are never evicted
         retired = self._meta["retired_total"] - self._meta["revived_total"]
@@ -682,71 +411,21 @@ class ExperiencePool:
     # -- checkpoints
 
     def snapshot(self, dest: str | Path) -> Path:
-        """Write a consistent copy of the pool to `dest` (SQLite backup API; tmp file + rename)."""
-        dest = Path(dest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        out = sqlite3.connect(str(tmp), isolation_level=None)
-        try:
-            self._db.backup(out)
-            out.execute("PRAGMA journal_mode=DELETE")
-        finally:
-            out.close()
-        _fsync_file(tmp)
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
-        return dest
+        """Write a consistent copy of the pool to `dest` (a checkpoint's copy)."""
+        return store.snapshot(self._db, Path(dest))
 
     @classmethod
-    def restore(cls, snapshot: str | Path, path: str | Path, cfg: ReplayConfig) -> "ExperiencePool":
-        """Replace the pool file at `path` by a copy of `snapshot` (atomically) and open it.
+    def restore(cls, snapshot: str | Path, path: str | Path, cfg: ReplayConfig) -> ExperiencePool:
+        """Replace the pool file at `path` by a copy of `snapshot` (atomically, stale journals removed) and open it.
 
-        Any stale rollback journal next to `path` is removed first: SQLite would otherwise
-        "roll back" the old file's unfinished transaction onto the restored file. Close any pool
-        object open on `path` first (it would keep reading the replaced file)."""
-        snapshot, path = Path(snapshot), Path(path)
-        if not snapshot.is_file():
-            raise PoolError(f"pool snapshot not found: {snapshot}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".restore.tmp")
-        tmp.unlink(missing_ok=True)
-        uri = "file:" + snapshot.resolve().as_posix().replace("?", "%3F").replace("#", "%23") + "?mode=ro"
-        try:
-            src = sqlite3.connect(uri, uri=True, isolation_level=None)
-            try:
-                row = src.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-                if row is None or row[0] != SCHEMA_VERSION:
-                    raise PoolError(f"{snapshot}: pool schema version {row[0] if row else None}, expected {SCHEMA_VERSION}")
-                out = sqlite3.connect(str(tmp), isolation_level=None)
-                try:
-                    src.backup(out)  # page-consistent copy; also proves the snapshot is a readable database
-                    out.execute("PRAGMA journal_mode=DELETE")
-                finally:
-                    out.close()
-            finally:
-                src.close()
-        except sqlite3.DatabaseError as e:
-            tmp.unlink(missing_ok=True)
-            raise PoolError(f"{snapshot}: not a readable pool snapshot ({e})") from None
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_file(tmp)
-        for suffix in ("-journal", "-wal", "-shm"):
-            path.with_name(path.name + suffix).unlink(missing_ok=True)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        Close any pool object open on `path` first (it would keep reading the replaced file)."""
+        store.restore(Path(snapshot), Path(path))
         return cls(path, cfg)
 
     @staticmethod
     def delete_files(path: str | Path) -> None:
         """Remove a pool file and its journals (e.g. to restart a run that has no checkpoint)."""
-        path = Path(path)
-        for suffix in ("-journal", "-wal", "-shm", ""):
-            path.with_name(path.name + suffix).unlink(missing_ok=True)
-        if path.parent.exists():
-            _fsync_dir(path.parent)
+        store.delete_files(Path(path))
 
 
 def _check_reward(x: object, what: str) -> float:
@@ -758,23 +437,3 @@ def _check_reward(x: object, what: str) -> float:
         raise ValueError(f"{what}: must be a finite number in [0, 1], got {x!r}")
     return v
 
-
-def _fsync_file(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(p: Path) -> None:
-    try:
-        fd = os.open(p, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

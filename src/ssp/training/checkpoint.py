@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ssp.fsutil import fsync_dir
+
 CHECKPOINT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
 _NAME = re.compile(r"^step-(\d{6,})$")
@@ -33,17 +35,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- optimizer state as safetensors + JSON -------------------------------------------------------
@@ -132,7 +123,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, game_rng: random
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     barrier()
     return final
 
