@@ -16,6 +16,7 @@ from ssp.config import SSPConfig
 from ssp.game.prompts import StrategyHint, attacker_request, defender_request, parse_attack, reflective_request
 from ssp.game.rewards import Outcome, benign_reward, harmful_exchange_rewards, harmful_outcome
 from ssp.game.seeds import Seed
+from ssp.game.templates import load_templates
 from ssp.judges.base import Judge, JudgeInput, Verdict
 from ssp.replay.pool import Candidate, PoolEntry
 from ssp.rl.grpo import TrainSample, group_advantages
@@ -94,8 +95,6 @@ class SelfPlayGame:
         self.embedder = embedder
         self.templates = []
         if cfg.game.attacker == "static":
-            from ssp.eval.attacks import load_templates
-
             self.templates = load_templates(cfg.game.static_templates)
             if cfg.game.static_template_names:
                 unknown = set(cfg.game.static_template_names) - {t.name for t in self.templates}
