@@ -58,7 +58,8 @@ def derailment(response: str, refused: bool, relevance: float | None, relevance_
     if not response.strip():
         return "empty"
     rep = repetition(response)
-    if rep.tokens >= min_tokens and (rep.repeated_ngrams >= max_repeated_ngrams or rep.distinct_ratio < min_distinct_ratio):
+    looped = rep.repeated_ngrams >= max_repeated_ngrams or rep.distinct_ratio < min_distinct_ratio
+    if rep.tokens >= min_tokens and looped:
         return "repetition"
     if not refused and relevance is not None and relevance < relevance_threshold:
         return "unrelated"
