@@ -195,7 +195,8 @@ class RLConfig(_Strict):
     kl_coef: float = Field(0.02, ge=0.0)
     attacker_weight: float = Field(1.0, ge=0.0)
     defender_weight: float = Field(1.0, ge=0.0)
-    reflect_sft_weight: float = Field(0.1, ge=0.0, description="SFT weight on safe reflective answers")
+    reflect_sft_weight: float = Field(
+        0.1, ge=0.0, description="SFT weight on full refusals from the reflective context (SFT only, no advantage)")
     max_grad_norm: float = Field(1.0, gt=0.0)
     micro_batch_size: int = Field(4, ge=1)
     epochs: int = Field(1, ge=1, description="optimisation passes over each step's samples")

@@ -26,8 +26,8 @@ from ssp.game.seeds import Seed
 from ssp.game.templates import load_templates
 from ssp.judges.base import Judge, JudgeInput, Verdict
 from ssp.replay.pool import Candidate, PoolEntry
-from ssp.rl.grpo import TrainSample
 from ssp.rl.groups import Group, build_samples
+from ssp.rl.grpo import TrainSample
 from ssp.rollout.base import ChatRequest, Completion
 
 
