@@ -76,6 +76,12 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def _trains_defender(kind: str, obj: Any) -> bool:
+    """Whether the Defender's plain answers to this prompt are trained by their reward: not reflective answers
+    (SFT targets at most), not answers to an attack that failed the intent gate."""
+    return kind != "reflect" and (kind != "attack" or obj.gate_passed)
+
+
 class SelfPlayGame:
     def __init__(self, cfg: SSPConfig, engine, judge: Judge, harmful: list[Seed], benign: list[Seed],
                  hints: list[StrategyHint], embedder=None):
@@ -183,30 +189,31 @@ class SelfPlayGame:
             tally.add_answer(kind, scored.outcome)
             owners[(kind, id(obj))] = obj
             by_prompt.setdefault((kind, id(obj)), []).append((ans, verdict, scored))
-            trained = kind != "reflect" and (kind != "attack" or obj.gate_passed)
             goal = obj.goal.text if kind == "attack" else (obj.goal if kind in ("replay", "reflect") else obj.text)
             exchanges.append(Exchange(
                 step=step, kind=kind, goal=goal,
                 category=(obj.goal.category if kind == "attack" else getattr(obj, "category", "")) or "",
                 prompt=obj.text if kind in ("attack", "benign") else obj.attack, response=ans.text,
                 outcome=scored.outcome.value, verdict=verdict.to_dict(),
-                r_def=scored.r_def if trained else None, r_att=scored.r_att,
+                r_def=scored.r_def if _trains_defender(kind, obj) else None, r_att=scored.r_att,
                 hint=obj.hint.name if kind == "attack" and obj.hint else None,
                 entry_id=obj.id if kind in ("replay", "reflect") else None))
 
         # Defender groups (plain context); a replay group carries its accepted reflective answers as SFT targets.
         groups: list[Group] = []
+        def_rewards: dict[str, list[float]] = {"attack": [], "replay": [], "benign": []}
         replay_rewards: dict[int, list[float]] = {}
         reflect_accepted = 0
         for key, members in by_prompt.items():
             kind, obj = key[0], owners[key]
-            if kind == "reflect" or (kind == "attack" and not obj.gate_passed):
+            if not _trains_defender(kind, obj):
                 continue
             prompt_ids = encode(defender_request(obj.attack if kind == "replay" else obj.text))[0]
             group = Group("defender", ro.defender.temperature)
             for ans, _v, scored in members:
                 if scored.r_def is not None:
                     group.add(prompt_ids, ans.completion_ids, scored.r_def)
+            def_rewards[kind] += group.rewards
             if kind == "replay":
                 replay_rewards[obj.id] = list(group.rewards)
                 for ans, verdict, _s in by_prompt.get(("reflect", key[1]), []):
@@ -241,14 +248,12 @@ class SelfPlayGame:
         groups += by_goal.values()
 
         samples, group_stats = build_samples(groups, self.cfg.rl.adv_eps, self.cfg.rl.reflect_sft_weight)
-        trained_def = [(k, sc.r_def) for k, ms in by_prompt.items() if k[0] != "reflect"
-                       and (k[0] != "attack" or owners[k].gate_passed) for _a, _v, sc in ms if sc.r_def is not None]
         metrics = {
             "reward/attacker": _mean(attack_rewards),
-            "reward/defender": _mean([r for _k, r in trained_def]),
-            "reward/defender_attack": _mean([r for k, r in trained_def if k[0] == "attack"]),
-            "reward/defender_replay": _mean([x for xs in replay_rewards.values() for x in xs]),
-            "reward/defender_benign": _mean([r for k, r in trained_def if k[0] == "benign"]),
+            "reward/defender": _mean([r for rs in def_rewards.values() for r in rs]),
+            "reward/defender_attack": _mean(def_rewards["attack"]),
+            "reward/defender_replay": _mean(def_rewards["replay"]),
+            "reward/defender_benign": _mean(def_rewards["benign"]),
             "train_asr": tally.rate("attack", Outcome.JAILBROKEN),
             "train_refusal": tally.rate("attack", Outcome.REFUSED),
             "train_derailed": tally.rate("attack", Outcome.DERAILED),
