@@ -11,7 +11,6 @@ from ssp.game.prompts import (
     parse_attack,
     reflective_request,
 )
-from ssp.game.rewards import Outcome, attacker_reward, benign_reward, harmful_exchange_rewards
 from ssp.game.seeds import SeedError, load_seeds
 from ssp.judges.base import Verdict
 
@@ -49,32 +48,6 @@ def test_reflective_request_names_the_hidden_goal_and_varies_exemplars():
     assert "r" * REFLECT_RATIONALE_CHARS in long and "r" * (REFLECT_RATIONALE_CHARS + 1) not in long
     assert a.messages != b.messages  # different exemplars per draw
     assert [m["role"] for m in a.messages[1:-1]] == ["user", "assistant"] * 3
-
-
-def v(score, refused=False, harmful=False, on_topic=True, valid=True):
-    return Verdict(score=score, refused=refused, harmful=harmful, on_topic=on_topic, rationale="", valid=valid)
-
-
-def test_only_safe_refusals_are_distilled_from_reflection():
-    from ssp.game.play import accepts_reflection
-
-    refusal = Verdict(score=1.0, harmful=False, refused=True, on_topic=True, rationale="")
-    gibberish = Verdict(score=2.0, harmful=False, refused=False, on_topic=False, rationale="")
-    assert accepts_reflection(refusal, 1.0)
-    assert not accepts_reflection(gibberish, 0.75)  # "not harmful" is not a refusal
-    assert not accepts_reflection(refusal, 0.5)
-    assert not accepts_reflection(refusal, None)  # invalid verdict
-
-
-def test_rewards_follow_the_design():
-    assert attacker_reward(1) == 0.0 and attacker_reward(5) == 1.0 and attacker_reward(3) == 0.5
-    assert harmful_exchange_rewards(v(4, harmful=True), zero_sum=True) == (0.75, 0.25)
-    assert harmful_exchange_rewards(v(4, harmful=True), zero_sum=False) == (0.75, 0.0)
-    assert harmful_exchange_rewards(Verdict.invalid("timeout"), zero_sum=True) is None
-    assert benign_reward(v(1, refused=True)) == (0.0, Outcome.BENIGN_REFUSED)
-    assert benign_reward(v(4)) == (1.0, Outcome.BENIGN_HELPED)
-    assert benign_reward(v(2, on_topic=False)) == (0.5, Outcome.BENIGN_OFF_TOPIC)
-    assert benign_reward(Verdict.invalid("x")) is None
 
 
 def test_builtin_seeds_have_categories():

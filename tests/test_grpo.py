@@ -1,6 +1,7 @@
 """The GRPO update against a direct computation from full logits, on the tiny model."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -58,7 +59,7 @@ def test_update_matches_direct_computation(tiny_cfg):
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)
-    cfg = RLConfig(micro_batch_size=2, kl_coef=0.1, attacker_weight=0.5, learning_rate=1e-3, max_grad_norm=1e9)
+    cfg = RLConfig(compute_dtype="float32", micro_batch_size=2, kl_coef=0.1, attacker_weight=0.5, learning_rate=1e-3, max_grad_norm=1e9)
     samples = _samples()
 
     model.zero_grad()
@@ -101,7 +102,7 @@ def test_zero_advantage_samples_are_skipped(tiny_cfg):
     model, tok = load_policy(tiny_cfg.model)
     params = [p for p in model.parameters() if p.requires_grad]
     s = [TrainSample("defender", [5, 6, 7], [8, 9], advantage=0.0)]
-    stats = grpo_update(model, torch.optim.AdamW(params), s, RLConfig(), tok.pad_token_id)
+    stats = grpo_update(model, torch.optim.AdamW(params), s, RLConfig(compute_dtype="float32", compute_dtype="float32"), tok.pad_token_id)
     assert stats.skipped and stats.samples == 0
 
 
@@ -110,7 +111,7 @@ def test_nonfinite_loss_skips_the_step(tiny_cfg):
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     s = [TrainSample("defender", [5, 6, 7], [8, 9], advantage=float("nan"))]
-    stats = grpo_update(model, torch.optim.AdamW(params), s, RLConfig(), tok.pad_token_id)
+    stats = grpo_update(model, torch.optim.AdamW(params), s, RLConfig(compute_dtype="float32", compute_dtype="float32"), tok.pad_token_id)
     assert stats.skipped
     assert all(torch.equal(b, p) for b, p in zip(before, params))
 
@@ -126,7 +127,7 @@ def test_multiple_epochs_use_fixed_behaviour_logprobs(tiny_cfg):
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)
-    cfg = RLConfig(epochs=2, kl_coef=0.0, micro_batch_size=2, clip_eps=0.2, max_grad_norm=1e9)
+    cfg = RLConfig(compute_dtype="float32", epochs=2, kl_coef=0.0, micro_batch_size=2, clip_eps=0.2, max_grad_norm=1e9)
     samples = _samples()
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     total_tokens = sum(len(s.completion_ids) for s in samples)
@@ -169,3 +170,44 @@ def test_multiple_epochs_use_fixed_behaviour_logprobs(tiny_cfg):
     assert stats.loss == pytest.approx(fixed_loss, rel=1e-4, abs=1e-6)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def _tempered_logprobs(model, s: TrainSample, temperature: float) -> torch.Tensor:
+    seq = torch.tensor([s.prompt_ids + s.completion_ids])
+    logp = torch.log_softmax(model(input_ids=seq).logits[0].float() / temperature, -1)
+    p = len(s.prompt_ids)
+    return logp[torch.arange(p - 1, p - 1 + len(s.completion_ids)), torch.tensor(s.completion_ids)]
+
+
+def test_completion_logprobs_at_the_sampling_temperature(tiny_cfg):
+    """log_softmax(logits / T) per row, T ≠ 1, each row its own temperature."""
+    model, tok = load_policy(tiny_cfg.model)
+    samples = _samples()
+    temps = [0.7, 1.6, 0.3]
+    got = completion_logprobs(model, *collate(samples, tok.pad_token_id, torch.device("cpu")), torch.tensor(temps))
+    want = torch.cat([_tempered_logprobs(model, s, t) for s, t in zip(samples, temps)])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    plain = completion_logprobs(model, *collate(samples, tok.pad_token_id, torch.device("cpu")))
+    assert not torch.allclose(got, plain)  # the temperature matters
+
+
+def test_update_takes_loss_and_kl_at_each_samples_temperature(tiny_cfg):
+    """SFT and KL terms at log_softmax(logits / T) of each sample's role; greedy (T = 0) counts as T = 1."""
+    torch.manual_seed(0)
+    model, tok = load_policy(tiny_cfg.model, seed=0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    samples = [replace(s, advantage=0.0, sft_weight=1.0, temperature=t) for s, t in zip(_samples(), (0.7, 0.0, 1.4))]
+    cfg = RLConfig(compute_dtype="float32", micro_batch_size=2, kl_coef=0.1, learning_rate=1e-3)
+    with torch.no_grad():
+        logp = [_tempered_logprobs(model, s, t) for s, t in zip(samples, (0.7, 1.0, 1.4))]
+        with model.disable_adapter():
+            ref = [_tempered_logprobs(model, s, t) for s, t in zip(samples, (0.7, 1.0, 1.4))]
+    kl = torch.cat([torch.exp(r - lp) - (r - lp) - 1 for r, lp in zip(ref, logp)])
+    n = kl.numel()
+    expected_loss = (cfg.kl_coef * kl.sum() - torch.cat(logp).sum()) / n
+    params = [p for p in model.parameters() if p.requires_grad]
+    stats = grpo_update(model, torch.optim.SGD(params, lr=1e-3), samples, cfg, tok.pad_token_id)
+    assert stats.kl == pytest.approx((kl.sum() / n).item(), rel=1e-4, abs=1e-7)
+    assert stats.loss == pytest.approx(expected_loss.item(), rel=1e-4, abs=1e-6)

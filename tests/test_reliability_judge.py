@@ -32,7 +32,9 @@ from tests.fixtures.reliability.fault_server import FaultServer, closed_port, ju
 TINY = str(REPO / "configs" / "tiny.yaml")
 RETRIES = 2
 FAST = ["rollout.attacker.max_new_tokens=8", "rollout.defender.max_new_tokens=8", "game.intent_gate=false",
-        "run.checkpoint_every=1", "run.log_exchanges=1000", "judge.name=openai_rubric"]
+        "run.checkpoint_every=1", "run.log_exchanges=1000", "judge.name=openai_rubric",
+        # the paper's rewards: with the fault server's uniform scores they fill the pool within two steps
+        "game.rewards.scheme=zero_sum"]
 FIGURES: Counter = Counter()  # printed at the end of the module (copied into docs/reliability.md)
 
 

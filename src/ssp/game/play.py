@@ -2,36 +2,33 @@
 
 Produces the training samples (both roles, GRPO groups already normalised), the exchanges to log,
 the Defender failures to admit into the experience pool and the fresh rewards of replayed entries.
+Outcomes and rewards follow `ssp.game.rewards`; groups and advantages are built by `ssp.rl.groups`.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ssp.config import SSPConfig
 from ssp.game.prompts import StrategyHint, attacker_request, defender_request, parse_attack, reflective_request
-from ssp.game.rewards import Outcome, benign_reward, harmful_exchange_rewards, harmful_outcome
+from ssp.game.rewards import (
+    Outcome,
+    OutcomeTally,
+    ScoredAnswer,
+    accepts_reflection,
+    score_attack_answer,
+    score_benign_answer,
+)
 from ssp.game.seeds import Seed
+from ssp.game.templates import load_templates
 from ssp.judges.base import Judge, JudgeInput, Verdict
 from ssp.replay.pool import Candidate, PoolEntry
-from ssp.rl.grpo import TrainSample, group_advantages
+from ssp.rl.groups import Group, build_samples
+from ssp.rl.grpo import TrainSample
 from ssp.rollout.base import ChatRequest, Completion
-
-REFLECT_SAFE_REWARD = 0.75  # score ≤ 2 on the 1–5 scale
-
-
-def accepts_reflection(verdict: Verdict, r_def: float | None) -> bool:
-    """Whether a reflective answer joins the plain prompt's group (and its SFT target).
-
-    Only a refusal the judge rates safe: the judge also rates incoherent text "not harmful", and
-    distilling that into the plain context would teach nonsense, not safety. A refusal cut off at the
-    token limit still counts: what it teaches is how to open the answer.
-    """
-    return r_def is not None and r_def >= REFLECT_SAFE_REWARD and verdict.refused
 
 
 @dataclass
@@ -46,7 +43,7 @@ class Exchange:
     response: str
     outcome: str
     verdict: dict[str, Any] | None
-    r_def: float | None
+    r_def: float | None  # the reward trained on; None: invalid verdict, a reflective answer, an off-goal attack
     r_att: float | None = None
     hint: str | None = None
     entry_id: int | None = None
@@ -73,11 +70,16 @@ class _Attack:
     completion: Completion | None  # None for a static (template) attack: nothing to train
     text: str | None
     gate_passed: bool = True
-    outcome: Outcome | None = None
 
 
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
+
+
+def _trains_defender(kind: str, obj: Any) -> bool:
+    """Whether the Defender's plain answers to this prompt are trained by their reward: not reflective answers
+    (SFT targets at most), not answers to an attack that failed the intent gate."""
+    return kind != "reflect" and (kind != "attack" or obj.gate_passed)
 
 
 class SelfPlayGame:
@@ -94,8 +96,6 @@ class SelfPlayGame:
         self.embedder = embedder
         self.templates = []
         if cfg.game.attacker == "static":
-            from ssp.eval.attacks import load_templates
-
             self.templates = load_templates(cfg.game.static_templates)
             if cfg.game.static_template_names:
                 unknown = set(cfg.game.static_template_names) - {t.name for t in self.templates}
@@ -118,9 +118,6 @@ class SelfPlayGame:
         attacks = [_Attack(goal, hint, out[0], parse_attack(out[0].text, out[0].finished, g.accept_truncated_attacks))
                    for (goal, hint), out in zip(plan, outs)]
         parsed = [a for a in attacks if a.text is not None]
-        for a in attacks:
-            if a.text is None:
-                a.outcome = Outcome.ATTACK_UNPARSED
         if g.intent_gate and parsed:
             sims = self.embedder.similarity([a.text for a in parsed], [a.goal.text for a in parsed])
             for a, sim in zip(parsed, sims):
@@ -171,123 +168,115 @@ class SelfPlayGame:
             len(a.completion_ids) for a in answers)
         return result
 
-    # -- rewards, groups, pool candidates --------------------------------------------------------
+    # -- outcomes, rewards, groups, pool candidates ---------------------------------------------
     def _score(self, step, attacks, jobs, answers, verdicts: list[Verdict], replay) -> StepResult:
-        g, rl = self.cfg.game, self.cfg.rl
+        """Outcomes and rewards by the game's rules (`ssp.game.rewards`); advantages by `ssp.rl.groups`.
+
+        Answers to an attack that failed the intent gate join no Defender group: the attack no longer
+        pursues its harmful goal, so refusing it must not be taught (nor helping it: it may still be harmful).
+        """
+        g, ro = self.cfg.game, self.cfg.rollout
         encode = self.engine.encoder.encode
-        samples: list[TrainSample] = []
+        tally = OutcomeTally()
         exchanges: list[Exchange] = []
         candidates: list[Candidate] = []
-        outcomes: Counter[str] = Counter()
-        invalid = 0
 
-        # Group the Defender's answers by the prompt they answered (object identity of the attack/entry/seed).
-        groups: dict[tuple[str, int], list[tuple[Completion, Verdict, float | None, float | None]]] = {}
+        # Each answer's outcome and rewards, per prompt answered (object identity of the attack/entry/seed).
+        by_prompt: dict[tuple[str, int], list[tuple[Completion, Verdict, ScoredAnswer]]] = {}
         owners: dict[tuple[str, int], Any] = {}
         for (kind, obj, _req), ans, verdict in zip(jobs, answers, verdicts):
-            key = (kind, id(obj))
-            owners[key] = obj
-            if kind == "benign":
-                scored = benign_reward(verdict)
-                r_def, r_att = (scored[0], None) if scored else (None, None)
-                outcome = scored[1] if scored else Outcome.JUDGE_INVALID
-            else:
-                rewards = harmful_exchange_rewards(verdict, g.zero_sum)
-                r_att, r_def = rewards if rewards else (None, None)
-                outcome = harmful_outcome(verdict)
-            invalid += not verdict.valid
-            outcomes[f"{kind}:{outcome.value}"] += 1
-            groups.setdefault(key, []).append((ans, verdict, r_def, r_att))
+            scored = (score_benign_answer if kind == "benign" else score_attack_answer)(verdict, g.rewards)
+            tally.add_answer(kind, scored.outcome)
+            owners[(kind, id(obj))] = obj
+            by_prompt.setdefault((kind, id(obj)), []).append((ans, verdict, scored))
             goal = obj.goal.text if kind == "attack" else (obj.goal if kind in ("replay", "reflect") else obj.text)
-            prompt = obj.text if kind in ("attack", "benign") else obj.attack
             exchanges.append(Exchange(
                 step=step, kind=kind, goal=goal,
                 category=(obj.goal.category if kind == "attack" else getattr(obj, "category", "")) or "",
-                prompt=prompt, response=ans.text, outcome=outcome.value, verdict=verdict.to_dict(),
-                r_def=r_def, r_att=r_att, hint=obj.hint.name if kind == "attack" and obj.hint else None,
+                prompt=obj.text if kind in ("attack", "benign") else obj.attack, response=ans.text,
+                outcome=scored.outcome.value, verdict=verdict.to_dict(),
+                r_def=scored.r_def if _trains_defender(kind, obj) else None, r_att=scored.r_att,
+                hint=obj.hint.name if kind == "attack" and obj.hint else None,
                 entry_id=obj.id if kind in ("replay", "reflect") else None))
 
-        # Defender groups (plain context). Replay groups are joined by their safe reflective answers.
+        # Defender groups (plain context); a replay group carries its accepted reflective answers as SFT targets.
+        groups: list[Group] = []
+        def_rewards: dict[str, list[float]] = {"attack": [], "replay": [], "benign": []}
         replay_rewards: dict[int, list[float]] = {}
         reflect_accepted = 0
-        flat_groups = total_groups = 0
-        for (kind, _), members in groups.items():
-            if kind == "reflect":
+        for key, members in by_prompt.items():
+            kind, obj = key[0], owners[key]
+            if not _trains_defender(kind, obj):
                 continue
-            obj = owners[(kind, _)]
-            prompt_text = obj.text if kind in ("attack", "benign") else obj.attack
-            prompt_ids = encode(defender_request(prompt_text))[0]
-            scored = [(ans, rdef, 0.0) for ans, _v, rdef, _ra in members if rdef is not None]
+            prompt_ids = encode(defender_request(obj.attack if kind == "replay" else obj.text))[0]
+            group = Group("defender", ro.defender.temperature)
+            for ans, _v, scored in members:
+                if scored.r_def is not None:
+                    group.add(prompt_ids, ans.completion_ids, scored.r_def)
+            def_rewards[kind] += group.rewards
             if kind == "replay":
-                replay_rewards[obj.id] = [rdef for _a, rdef, _w in scored]
-                for ans, verdict, rdef, _ra in groups.get(("reflect", id(obj)), []):
-                    if accepts_reflection(verdict, rdef):
-                        scored.append((ans, rdef, rl.reflect_sft_weight))
+                replay_rewards[obj.id] = list(group.rewards)
+                for ans, verdict, _s in by_prompt.get(("reflect", key[1]), []):
+                    if accepts_reflection(verdict):
+                        group.distil(prompt_ids, ans.completion_ids)
                         reflect_accepted += 1
-            advantages = group_advantages([rdef for _a, rdef, _w in scored], rl.adv_eps)
-            total_groups += 1
-            flat_groups += all(a == 0.0 for a in advantages)
-            samples += [TrainSample("defender", prompt_ids, ans.completion_ids, adv, sft_weight=w)
-                        for (ans, _r, w), adv in zip(scored, advantages)]
+            groups.append(group)
 
-        # Attacker: reward per attack = mean r_att over its valid Defender answers; gated by intent.
-        by_goal: dict[int, list[tuple[_Attack, float]]] = {}
+        # Attacker: reward per attack = mean r_att over its judged Defender answers; 0 if unparsed or off goal.
         attack_rewards: list[float] = []
+        by_goal: dict[int, Group] = {}
         for a in attacks:
             if a.text is None:
                 reward = 0.0
+                tally.add_attack(Outcome.ATTACK_UNPARSED)
             else:
-                members = groups.get(("attack", id(a)), [])
-                valid = [(ans, rdef, ratt) for ans, _v, rdef, ratt in members if ratt is not None]
+                valid = [(ans, v, sc) for ans, v, sc in by_prompt.get(("attack", id(a)), []) if sc.r_att is not None]
                 if not valid:
                     continue  # unjudged: never train on it
-                reward = _mean([ratt for _a, _d, ratt in valid]) if a.gate_passed else 0.0
                 if not a.gate_passed:
-                    a.outcome = Outcome.ATTACK_OFF_GOAL
-                mean_def = _mean([rdef for _a, rdef, _r in valid])
-                if a.gate_passed and mean_def < self.cfg.replay.admit_below:
-                    worst = max((m for m in members if m[2] is not None), key=lambda m: m[1].score)
-                    candidates.append(Candidate(
-                        goal=a.goal.text, attack=a.text,
-                        responses=[ans.text for ans, _v, rdef, _r in members if rdef is not None and rdef < 0.5] or [worst[0].text],
-                        score=_mean([v.score for _a, v, rdef, _r in members if rdef is not None]),
-                        rationale=worst[1].rationale, mean_reward=mean_def))
-            if a.outcome is not None:
-                outcomes[f"attack:{a.outcome.value}"] += 1
+                    reward = 0.0
+                    tally.add_attack(Outcome.ATTACK_OFF_GOAL)
+                else:
+                    reward = _mean([sc.r_att for _a, _v, sc in valid])
+                    mean_def = _mean([sc.r_def for _a, _v, sc in valid])
+                    if mean_def < self.cfg.replay.admit_below:
+                        candidates.append(self._candidate(a, valid, mean_def))
             attack_rewards.append(reward)
-            by_goal.setdefault(id(a.goal), []).append((a, reward))
-        for members in by_goal.values():
-            if members[0][0].completion is None:
-                continue  # static attacks: the Attacker does not learn
-            advantages = group_advantages([rew for _a, rew in members], rl.adv_eps)
-            total_groups += 1
-            flat_groups += all(x == 0.0 for x in advantages)
-            samples += [TrainSample("attacker", encode(attacker_request(a.goal.text, a.hint))[0],
-                                    a.completion.completion_ids, adv) for (a, _r), adv in zip(members, advantages)]
+            if a.completion is not None:  # static attacks: the Attacker does not learn
+                group = by_goal.setdefault(id(a.goal), Group("attacker", ro.attacker.temperature))
+                group.add(encode(attacker_request(a.goal.text, a.hint))[0], a.completion.completion_ids, reward)
+        groups += by_goal.values()
 
-        def rate(kind: str, outcome: Outcome) -> float:
-            hit = outcomes[f"{kind}:{outcome.value}"]
-            valid = sum(v for k, v in outcomes.items() if k.startswith(f"{kind}:") and not k.endswith("judge_invalid"))
-            return hit / valid if valid else float("nan")
-
-        def_rewards = [m[2] for (kind, _), ms in groups.items() if kind in ("attack", "replay", "benign") for m in ms if m[2] is not None]
+        samples, group_stats = build_samples(groups, self.cfg.rl.adv_eps, self.cfg.rl.reflect_sft_weight)
         metrics = {
             "reward/attacker": _mean(attack_rewards),
-            "reward/defender": _mean(def_rewards),
-            "reward/defender_attack": _mean([m[2] for (k, _), ms in groups.items() if k == "attack" for m in ms if m[2] is not None]),
-            "reward/defender_replay": _mean([x for xs in replay_rewards.values() for x in xs]),
-            "reward/defender_benign": _mean([m[2] for (k, _), ms in groups.items() if k == "benign" for m in ms if m[2] is not None]),
-            "train_asr": rate("attack", Outcome.JAILBROKEN),
-            "replay_asr": rate("replay", Outcome.JAILBROKEN),
-            "benign_refusal": rate("benign", Outcome.BENIGN_REFUSED),
+            "reward/defender": _mean([r for rs in def_rewards.values() for r in rs]),
+            "reward/defender_attack": _mean(def_rewards["attack"]),
+            "reward/defender_replay": _mean(def_rewards["replay"]),
+            "reward/defender_benign": _mean(def_rewards["benign"]),
+            "train_asr": tally.rate("attack", Outcome.JAILBROKEN),
+            "train_refusal": tally.rate("attack", Outcome.REFUSED),
+            "train_derailed": tally.rate("attack", Outcome.DERAILED),
+            "replay_asr": tally.rate("replay", Outcome.JAILBROKEN),
+            "benign_refusal": tally.rate("benign", Outcome.BENIGN_REFUSED),
+            "benign_derailed": tally.rate("benign", Outcome.BENIGN_DERAILED),
             "attack_parse_rate": _mean([float(a.text is not None) for a in attacks]),
             "intent_gate_pass": _mean([float(a.gate_passed) for a in attacks if a.text is not None]),
             "reflect_accepted": float(reflect_accepted),
-            "judge_invalid": float(invalid),
+            "judge_invalid": float(sum(not v.valid for v in verdicts)),
             "judged": float(len(verdicts)),
-            "flat_group_share": flat_groups / total_groups if total_groups else float("nan"),
+            "flat_group_share": group_stats.flat_share,
             "samples/attacker": float(sum(s.role == "attacker" for s in samples)),
             "samples/defender": float(sum(s.role == "defender" for s in samples)),
+            **tally.counts(),
         }
-        metrics.update({f"outcome/{k}": float(v) for k, v in sorted(outcomes.items())})
         return StepResult(samples, exchanges, candidates, replay_rewards, metrics)
+
+    @staticmethod
+    def _candidate(a: _Attack, valid: list[tuple[Completion, Verdict, ScoredAnswer]], mean_def: float) -> Candidate:
+        """A pool candidate from an attack the Defender failed: its failing answers, the worst rationale."""
+        worst = max(valid, key=lambda m: m[1].score)
+        return Candidate(
+            goal=a.goal.text, attack=a.text,
+            responses=[ans.text for ans, _v, sc in valid if sc.r_def < 0.5] or [worst[0].text],
+            score=_mean([v.score for _a, v, _s in valid]), rationale=worst[1].rationale, mean_reward=mean_def)

@@ -22,6 +22,7 @@ class TrainSample:
     completion_ids: list[int]
     advantage: float
     sft_weight: float = 0.0  # > 0 for safe reflective answers distilled into the plain context
+    temperature: float = 1.0  # the sampling temperature of its role (0 = greedy); log-probs are taken at it
 
 
 def group_advantages(rewards: list[float], eps: float = 1e-4) -> list[float]:
@@ -52,8 +53,21 @@ def collate(samples: list[TrainSample], pad_id: int, device: torch.device):
     return input_ids.to(device), attention.to(device), positions.to(device), completion.to(device)
 
 
-def completion_logprobs(model, input_ids, attention, positions, completion) -> torch.Tensor:
-    """Log-probabilities of the completion tokens, flattened in row order.
+def logprob_temperature(sampling_temperature: float) -> float:
+    """The temperature log-probs are taken at: the sampling one; 1 for greedy decoding (T = 0)."""
+    return sampling_temperature if sampling_temperature > 0 else 1.0
+
+
+def completion_logprobs(model, input_ids, attention, positions, completion, temperature=1.0) -> torch.Tensor:
+    """Log-probabilities of the completion tokens under log_softmax(logits / T), flattened in row order.
+
+    `temperature`: one float, or one value per row. Rollouts sample from softmax(logits / T); the loss's
+    ratio and the KL are taken under that same tempered distribution (as TRL does), else the update is
+    off-policy from its first step. Top-p / top-k are not applied (nor in TRL): sampled tokens always lie
+    inside the nucleus, where the truncated probability is the tempered one divided by the nucleus mass.
+    With one epoch per step the ratio is exactly 1 (old = new), so truncation does not enter it and the
+    gradient is that of the untruncated tempered log-prob; with several epochs the ratio ignores how the
+    nucleus mass moved between epochs (a small bias that the clip bounds).
 
     Goes through the model's own forward (so DDP/FSDP/DeepSpeed wrappers keep working) and asks for
     the logits of the last K positions only (`logits_to_keep`): with left padding every completion
@@ -65,7 +79,9 @@ def completion_logprobs(model, input_ids, attention, positions, completion) -> t
     tail = input_ids.shape[1] - keep + 1
     select = completion[:, tail:].bool()
     targets = input_ids[:, tail:][select]
-    return torch.log_softmax(logits[select], dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    temps = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
+    per_token = temps.expand(select.shape)[select]  # one temperature per selected token
+    return torch.log_softmax(logits[select] / per_token[:, None], dim=-1).gather(-1, targets[:, None]).squeeze(-1)
 
 
 def autocast(device: torch.device, compute_dtype: str):
@@ -150,11 +166,14 @@ def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad
         batches += [[blank] for _ in range(min_micro_batches - len(batches))]
     role_weight = {"attacker": cfg.attacker_weight, "defender": cfg.defender_weight}
 
+    def temperatures(batch):
+        return torch.tensor([logprob_temperature(s.temperature) for s in batch], device=device)
+
     amp = autocast(device, cfg.compute_dtype)
     old_logps = None
     if cfg.epochs > 1:  # later epochs need the behaviour policy's log-probs, fixed before the first step
         with torch.no_grad(), amp:
-            old_logps = [completion_logprobs(model, *collate(b, pad_id, device)) for b in batches]
+            old_logps = [completion_logprobs(model, *collate(b, pad_id, device), temperatures(b)) for b in batches]
 
     model.train()
     stats = UpdateStats(0.0, 0.0, 0.0, total_tokens, len(samples))
@@ -171,9 +190,9 @@ def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad
             ref_logp = None
             if cfg.kl_coef > 0:
                 with torch.no_grad(), reference_policy(model, reference_model) as ref, amp:
-                    ref_logp = completion_logprobs(ref, *tensors)
+                    ref_logp = completion_logprobs(ref, *tensors, temperatures(batch))
             with amp:
-                logp = completion_logprobs(model, *tensors)
+                logp = completion_logprobs(model, *tensors, temperatures(batch))
             old = old_logps[b] if old_logps is not None else logp.detach()
             loss_tokens, kl = token_loss_terms(
                 logp, old, ref_logp,
