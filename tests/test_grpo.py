@@ -102,7 +102,7 @@ def test_zero_advantage_samples_are_skipped(tiny_cfg):
     model, tok = load_policy(tiny_cfg.model)
     params = [p for p in model.parameters() if p.requires_grad]
     s = [TrainSample("defender", [5, 6, 7], [8, 9], advantage=0.0)]
-    stats = grpo_update(model, torch.optim.AdamW(params), s, RLConfig(compute_dtype="float32", compute_dtype="float32"), tok.pad_token_id)
+    stats = grpo_update(model, torch.optim.AdamW(params), s, RLConfig(compute_dtype="float32"), tok.pad_token_id)
     assert stats.skipped and stats.samples == 0
 
 
@@ -111,7 +111,7 @@ def test_nonfinite_loss_skips_the_step(tiny_cfg):
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
     s = [TrainSample("defender", [5, 6, 7], [8, 9], advantage=float("nan"))]
-    stats = grpo_update(model, torch.optim.AdamW(params), s, RLConfig(compute_dtype="float32", compute_dtype="float32"), tok.pad_token_id)
+    stats = grpo_update(model, torch.optim.AdamW(params), s, RLConfig(compute_dtype="float32"), tok.pad_token_id)
     assert stats.skipped
     assert all(torch.equal(b, p) for b, p in zip(before, params))
 
