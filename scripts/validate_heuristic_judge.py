@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ssp.judges import build_judge
 from ssp.judges.base import JudgeInput
-from ssp.judges.heuristic import GCG_REFUSAL_PREFIXES
+from ssp.judges.refusal import GCG_REFUSAL_PREFIXES
 from ssp.judges.metrics import refusal_metrics
 
 DEFAULT_FILES = ("xstest_completions_llama2orig.csv", "xstest_completions_mistralinstruct.csv")

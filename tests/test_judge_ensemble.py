@@ -8,7 +8,8 @@ import sqlite3
 import pytest
 
 from ssp.judges import JudgeInput, Verdict, build_judge, register_judge
-from ssp.judges.ensemble import CachedJudge, EnsembleOptions, VerdictCache, cache_key, combine
+from ssp.judges.cache import CachedJudge, VerdictCache, cache_key
+from ssp.judges.ensemble import EnsembleOptions, combine
 
 
 class FixedJudge:

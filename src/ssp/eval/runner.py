@@ -268,7 +268,7 @@ class Evaluation:
         import torch
 
         from ssp.eval.defenses import AttackerModel, DefenseContext, TargetModel, build_defense
-        from ssp.judges.base import build_judge
+        from ssp.judges.registry import build_judge
         from ssp.rollout.hf import HFRolloutEngine
 
         s = self.s
@@ -367,7 +367,8 @@ class Evaluation:
         import ssp
 
         from ssp.eval.defenses import DefenseContext, TargetModel, build_defense
-        from ssp.judges.base import build_judge, judge_settings as js
+        from ssp.judges.base import judge_settings as js
+        from ssp.judges.registry import build_judge
 
         s = self.s
         if self._env is not None:
