@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ssp.judges.base import Judge, JudgeInput, Verdict, validate_options
+from ssp.judges.base import Judge, JudgeInput, Verdict, judge_settings, validate_options
 from ssp.judges.cache import jsonable_verdict
 from ssp.judges.registry import build_judge
 

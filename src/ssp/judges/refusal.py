@@ -34,7 +34,6 @@ from typing import Any, Collection
 
 from ssp.judges.embedder import clean_text
 
-
 # --------------------------------------------------------------------------------------------
 # Phrase lists (lower-case; matched on normalised text: curly quotes straightened, whitespace
 # collapsed). They are regular-expression fragments, tried in the order described in

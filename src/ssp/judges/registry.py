@@ -25,6 +25,7 @@ BUILTIN_JUDGES: dict[str, str] = {
     "openai_rubric": "ssp.judges.rubric:build_qi_rubric",
     "strongreject": "ssp.judges.rubric:build_strongreject",
     "ensemble": "ssp.judges.ensemble:build_ensemble",
+    "learned": "ssp.judges.learned:build_learned",
 }
 _REGISTRY: dict[str, JudgeFactory] = {}
 
