@@ -88,8 +88,34 @@ def detectors(name: str, learned: bool) -> list[tuple[str, str, Callable[[list[d
     return out
 
 
+def speed(path: Path, n: int, batch: int = 64) -> dict[str, dict[str, float]]:
+    """Milliseconds per exchange of each embedded judge (after one warm-up batch), 2 torch threads:
+    wall clock, and process CPU time / 2 (what the wall clock would be on 2 otherwise idle cores)."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(2)
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))[:n]
+    items = [JudgeInput(goal=r["prompt"], prompt=r["prompt"], response=r["completion"]) for r in rows]
+    out = {}
+    for name in ("heuristic", "learned"):
+        j = build_judge(name)
+        j.judge(items[:batch])
+        start, cpu = time.perf_counter(), time.process_time()
+        for i in range(0, len(items), batch):
+            j.judge(items[i:i + batch])
+        wall = 1000 * (time.perf_counter() - start) / len(items)
+        cpu_per_core = 1000 * (time.process_time() - cpu) / len(items) / 2
+        out[name] = {"wall_ms": wall, "cpu_ms_per_core": cpu_per_core}
+        print(f"  speed {name}: {wall:.1f} ms per exchange wall clock, {cpu_per_core:.1f} ms CPU time / 2 cores "
+              f"({len(items)} exchanges, batch {batch})")
+    return out
+
+
 def markdown(results: dict) -> str:
-    files = list(results)
+    files = [f for f in results if f in XSTEST_FILES]
     head = "| detector | " + " | ".join(
         f"{short(f)}: sample | accuracy [95% CI] | P | R | F1 | κ" for f in files) + " |"
     lines = [head, "|---|" + "---|---|---|---|---|---|" * len(files)]
@@ -113,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the metrics to this JSON file")
     ap.add_argument("--markdown", default=None, help="also write the table to this Markdown file")
     ap.add_argument("--no-learned", action="store_true", help="skip the learned judge (it embeds every answer)")
+    ap.add_argument("--speed", type=int, default=0, metavar="N",
+                    help="also time both judges (topicality on) on the first N Llama-2 rows, batch 64, 2 torch threads")
     args = ap.parse_args(argv)
 
     results: dict[str, dict] = {}
@@ -136,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                     shown += 1
                     print(f"  --- {r['id']} human={r['final_label']} judge={res.kind} {res.matched!r}")
                     print("      " + r["completion"].strip().replace("\n", " ")[:400])
+    if args.speed:
+        results["speed_ms_per_exchange"] = speed(Path(args.data_dir) / XSTEST_FILES[0], args.speed)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
