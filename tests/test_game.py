@@ -85,7 +85,7 @@ def test_static_attacker_wraps_goals_in_templates_and_trains_only_the_defender(t
     from ssp.config import load_config
     from ssp.game.play import SelfPlayGame
     from ssp.game.seeds import Seed
-    from ssp.judges.base import build_judge
+    from ssp.judges.registry import build_judge
     from ssp.judges.embedder import TextEmbedder
     from ssp.models.loader import load_policy
     from ssp.rollout.hf import HFRolloutEngine

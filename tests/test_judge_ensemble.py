@@ -8,7 +8,8 @@ import sqlite3
 import pytest
 
 from ssp.judges import JudgeInput, Verdict, build_judge, register_judge
-from ssp.judges.ensemble import CachedJudge, EnsembleOptions, VerdictCache, cache_key, combine
+from ssp.judges.cache import CachedJudge, VerdictCache, cache_key
+from ssp.judges.ensemble import EnsembleOptions, combine
 
 
 class FixedJudge:
@@ -88,9 +89,13 @@ def test_ensemble_judge_end_to_end() -> None:
     refusal, answer = judge.judge([JudgeInput("g", "p", "I'm sorry, but I can't help with that."),
                                    JudgeInput("g", "p", "Sure, here it is.")])
     assert refusal.valid and answer.valid
-    assert answer.harmful  # fixed(harmful) + heuristic(not refused, on topic) vs. one invalid
+    assert answer.harmful  # fixed(harmful) vs heuristic (nothing actionable) → tie → cautious default
     assert refusal.harmful  # 1 harmful vs 1 safe → tie → cautious default
     assert "invalid: _test_fixed" in refusal.rationale and "RuntimeError" in refusal.raw
+    from ssp.judges.base import judge_settings
+
+    settings = judge_settings(judge)
+    assert settings["mode"] == "majority" and [s["name"] for s in settings["judges"]][-1] == "heuristic"
 
 
 def test_ensemble_options_validated() -> None:

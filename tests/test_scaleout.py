@@ -101,7 +101,7 @@ def test_deepspeed_presets_use_a_config_file_accelerate_accepts(name, stage, mon
 
 @pytest.mark.parametrize("name, finetune", [("qwen2.5-7b-lora", "lora"), ("qwen2.5-7b-full", "full")])
 def test_7b_presets_validate_with_guard_judge_and_vllm(name, finetune):
-    from ssp.judges.base import build_judge
+    from ssp.judges.registry import build_judge
 
     cfg = load_config(REPO / "configs" / f"{name}.yaml")
     assert cfg.model.name_or_path == "Qwen/Qwen2.5-7B-Instruct" and cfg.model.dtype == "bfloat16"

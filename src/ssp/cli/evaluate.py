@@ -48,7 +48,7 @@ def _print_listing() -> None:
     from ssp.eval.attacks import ATTACKS
     from ssp.eval.benchmarks import describe_benchmarks
     from ssp.eval.defenses import available_defenses
-    from ssp.judges.base import available_judges
+    from ssp.judges.registry import available_judges
 
     t = Table(title="benchmarks (--benchmark NAME[:SPLIT[+SPLIT]][=PATH_OR_HF_ID])")
     for col in ("name", "splits (kind)", "default splits", "Hugging Face id", "what"):

@@ -334,7 +334,7 @@ class SmoothLLM:
 
     def _jailbroken(self, prompts: list[str], copies: list[str], texts: list[str]) -> list[bool]:
         if self.check == "refusal":
-            from ssp.judges.heuristic import detect_refusal
+            from ssp.judges.refusal import detect_refusal
 
             return [not detect_refusal(t).refused for t in texts]
         from ssp.judges.base import JudgeInput

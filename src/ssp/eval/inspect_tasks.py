@@ -39,7 +39,8 @@ from ssp.eval.attacks import load_templates
 from ssp.eval.benchmarks import load_benchmarks, parse_benchmark_spec
 from ssp.eval.metrics import wilson_bounds
 from ssp.game.prompts import ATTACK_OPEN, attacker_request, load_strategy_hints, parse_attack
-from ssp.judges.base import JudgeInput, build_judge
+from ssp.judges.base import JudgeInput
+from ssp.judges.registry import build_judge
 
 
 def _wilson_metric(side: int) -> Any:

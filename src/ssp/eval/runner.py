@@ -275,7 +275,7 @@ class Evaluation:
         import torch
 
         from ssp.eval.defenses import AttackerModel, DefenseContext, TargetModel, build_defense
-        from ssp.judges.base import build_judge
+        from ssp.judges.registry import build_judge
         from ssp.rollout.engines import build_rollout_engine
 
         s = self.s
@@ -374,8 +374,8 @@ class Evaluation:
     def settings_summary(self) -> dict[str, Any]:
         import ssp
         from ssp.eval.defenses import DefenseContext, TargetModel, build_defense
-        from ssp.judges.base import build_judge
         from ssp.judges.base import judge_settings as js
+        from ssp.judges.registry import build_judge
 
         s = self.s
         if self._env is not None:

@@ -7,7 +7,7 @@ metrics and reports never depend on which judge produced them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -55,42 +55,6 @@ class Judge(Protocol):
         ...
 
 
-JudgeFactory = Callable[[dict[str, Any]], Judge]
-_REGISTRY: dict[str, JudgeFactory] = {}
-
-
-def register_judge(name: str) -> Callable[[JudgeFactory], JudgeFactory]:
-    def deco(factory: JudgeFactory) -> JudgeFactory:
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
-
-
-def available_judges() -> list[str]:
-    _load_builtin_judges()
-    return sorted(_REGISTRY)
-
-
-def build_judge(name: str, options: dict[str, Any] | None = None) -> Judge:
-    """Build a judge by its registered name; its own options are validated by the judge.
-
-    The option `cache: PATH` works with every judge: verdicts are kept in an SQLite file keyed by a
-    hash of the inputs and the judge's settings (see `ssp.judges.ensemble.CachedJudge`).
-    """
-    _load_builtin_judges()
-    if name not in _REGISTRY:
-        raise ValueError(f"judge.name: unknown judge {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    opts = dict(options or {})
-    cache_path = opts.pop("cache", None)
-    judge = _REGISTRY[name](opts)
-    if cache_path:
-        from ssp.judges.ensemble import CachedJudge, VerdictCache
-
-        judge = CachedJudge(judge, VerdictCache(str(cache_path)))
-    return judge
-
-
 def validate_options(model: type[Any], options: dict[str, Any], judge: str) -> Any:
     """Validate a judge's options with its pydantic model (extra="forbid").
 
@@ -115,8 +79,3 @@ def judge_settings(judge: Judge) -> dict[str, Any]:
     if callable(settings):
         return dict(settings())
     return {"name": getattr(judge, "name", type(judge).__name__)}
-
-
-def _load_builtin_judges() -> None:
-    # Importing the modules registers their judges.
-    from ssp.judges import ensemble, guards, heuristic, rubric  # noqa: F401

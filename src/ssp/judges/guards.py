@@ -64,7 +64,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ssp.judges.base import JudgeInput, Verdict, register_judge, validate_options
+from ssp.judges.base import JudgeInput, Verdict, validate_options
 from ssp.judges.embedder import clean_text
 from ssp.judges.signals import SignalOptions, heuristic_refusals, topicality
 
@@ -556,6 +556,6 @@ def _factory(cls: type[GuardJudge]):
     return build
 
 
-register_judge("llama_guard")(_factory(LlamaGuardJudge))
-register_judge("wildguard")(_factory(WildGuardJudge))
-register_judge("harmbench_classifier")(_factory(HarmBenchJudge))
+build_llama_guard = _factory(LlamaGuardJudge)
+build_wildguard = _factory(WildGuardJudge)
+build_harmbench_classifier = _factory(HarmBenchJudge)

@@ -42,9 +42,9 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ssp.judges.base import JudgeInput, Verdict, register_judge, validate_options
+from ssp.judges.base import JudgeInput, Verdict, validate_options
 from ssp.judges.embedder import clean_text
-from ssp.judges.heuristic import detect_refusal
+from ssp.judges.refusal import detect_refusal
 
 # --------------------------------------------------------------------------------------------
 # Prompts
@@ -379,11 +379,9 @@ class StrongRejectJudge(_EndpointJudge):
                        on_topic=not refused, rationale=why, raw=content[:2000])
 
 
-@register_judge("openai_rubric")
 def build_qi_rubric(options: dict[str, Any]) -> QiRubricJudge:
     return QiRubricJudge(validate_options(QiRubricOptions, options, "openai_rubric"))
 
 
-@register_judge("strongreject")
 def build_strongreject(options: dict[str, Any]) -> StrongRejectJudge:
     return StrongRejectJudge(validate_options(StrongRejectOptions, options, "strongreject"))

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ssp.judges.base import JudgeInput
 from ssp.judges.embedder import TextEmbedder, clean_text
-from ssp.judges.heuristic import detect_refusal
+from ssp.judges.refusal import detect_refusal
 
 
 class SignalOptions(BaseModel):

@@ -153,14 +153,15 @@ def judge_rows(judge: Judge, rows: list[dict[str, Any]], inputs: list[JudgeInput
 
 
 def label_metrics(rows: list[dict[str, Any]], label_col: str, source: str,
-                  verdict_rows: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Agreement of `refused` with a human label column (invalid verdicts excluded and counted)."""
+                  verdict_rows: Iterable[dict[str, Any]], field: str = "refused") -> dict[str, Any]:
+    """Agreement of the verdict's `field` (refused or harmful) with a human label column (0/1, yes/no,
+    or XSTest's final_label for refused); invalid verdicts are excluded and counted."""
     truth: list[bool] = []
     pred: list[bool] = []
     excluded = 0
     for i, (row, out) in enumerate(zip(rows, verdict_rows)):
         if label_col not in row:
-            raise TableError(f"{source}: column {label_col!r} not found (--label-col)")
+            raise TableError(f"{source}: column {label_col!r} not found")
         try:
             t = label_to_refused(row[label_col])
         except ValueError as exc:
@@ -169,8 +170,8 @@ def label_metrics(rows: list[dict[str, Any]], label_col: str, source: str,
             excluded += 1
             continue
         truth.append(t)
-        pred.append(bool(out["refused"]))
-    m = refusal_metrics(truth, pred)
+        pred.append(bool(out[field]))
+    m = refusal_metrics(truth, pred, ("refused", "answered") if field == "refused" else (field, f"not {field}"))
     m["excluded_invalid"] = excluded
     return m
 

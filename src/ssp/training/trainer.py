@@ -22,7 +22,7 @@ from ssp.game.play import SelfPlayGame
 from ssp.game.prompts import (REFLECT_RATIONALE_CHARS, attacker_request, defender_request, load_strategy_hints,
                               reflective_request)
 from ssp.game.seeds import load_benign_pool, load_seeds
-from ssp.judges.base import build_judge
+from ssp.judges.registry import build_judge
 from ssp.models.loader import load_policy, resolve_device
 from ssp.replay.pool import ExperiencePool
 from ssp.rl.grpo import grpo_update, trainable

@@ -35,7 +35,8 @@ import yaml
 from ssp.config import SSPConfig, WarmStartConfig, dump_config
 from ssp.game.prompts import defender_request
 from ssp.game.seeds import Seed, load_benign_seeds, load_borderline_seeds, load_seeds
-from ssp.judges.base import Judge, JudgeInput, Verdict, build_judge
+from ssp.judges.base import Judge, JudgeInput, Verdict
+from ssp.judges.registry import build_judge
 from ssp.records import RecordsError, read_located
 from ssp.rl.grpo import TrainSample, collate, completion_logprobs
 from ssp.rollout.base import ChatRequest, Completion
