@@ -183,6 +183,22 @@ class RunConfig(_Strict):
     log_exchanges: int = Field(8, ge=0, description="exchanges written to exchanges.jsonl per step")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "none"]] = Field(
+        default_factory=lambda: ["none"], description="experiment trackers that also get every metrics.jsonl row "
+        "(accelerate's tracker API; `pip install 'ssp[track]'`); see ssp.training.tracking")
+    tracker_project: str = Field("ssp", min_length=1, description="project name in the trackers (W&B, trackio)")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_as_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("report_to")
+    @classmethod
+    def _none_alone(cls, v: list[str]) -> list[str]:
+        if "none" in v and len(v) > 1:
+            raise ValueError("'none' cannot be combined with a tracker")
+        return list(dict.fromkeys(v))
 
 
 class SSPConfig(_Strict):
