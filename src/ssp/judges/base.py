@@ -62,22 +62,41 @@ def register_judge(name: str) -> Callable[[JudgeFactory], JudgeFactory]:
 
 
 def available_judges() -> list[str]:
+    """Built-in judges and those of installed plugins (entry-point group `ssp.judges`)."""
+    from ssp.plugins import JUDGES, plugin_names
+
     _load_builtin_judges()
-    return sorted(_REGISTRY)
+    return sorted(set(_REGISTRY) | set(plugin_names(JUDGES)))
+
+
+def _judge_factory(name: str) -> JudgeFactory:
+    """A registered judge, else an installed plugin's, else a TRL-style reward function given as `module:callable`."""
+    from ssp.plugins import JUDGES, load_plugin
+
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    plugin = load_plugin(JUDGES, name)
+    if plugin is not None:
+        return plugin
+    if ":" in name:
+        from ssp.judges.reward_fn import reward_function_factory
+
+        return reward_function_factory(name)
+    raise ValueError(f"judge.name: unknown judge {name!r}; available: {', '.join(available_judges())}, "
+                     "or MODULE:CALLABLE for a TRL-style reward function")
 
 
 def build_judge(name: str, options: dict[str, Any] | None = None) -> Judge:
-    """Build a judge by its registered name; its own options are validated by the judge.
+    """Build a judge by its registered name (or a plugin's, or `module:callable`); the judge validates its options.
 
     The option `cache: PATH` works with every judge: verdicts are kept in an SQLite file keyed by a
     hash of the inputs and the judge's settings (see `ssp.judges.ensemble.CachedJudge`).
     """
     _load_builtin_judges()
-    if name not in _REGISTRY:
-        raise ValueError(f"judge.name: unknown judge {name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    factory = _judge_factory(name)
     opts = dict(options or {})
     cache_path = opts.pop("cache", None)
-    judge = _REGISTRY[name](opts)
+    judge = factory(opts)
     if cache_path:
         from ssp.judges.ensemble import CachedJudge, VerdictCache
 
