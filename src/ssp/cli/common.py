@@ -15,7 +15,7 @@ console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> None:
     """Print an error and exit; the message is escaped since it holds user text (keys, paths)."""
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)  # no wrapping
     raise typer.Exit(code)
 
 
