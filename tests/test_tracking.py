@@ -1,6 +1,7 @@
 """Experiment trackers (`run.report_to`): TensorBoard events and a W&B offline run hold what metrics.jsonl holds."""
 
 import json
+import time
 
 import pytest
 
@@ -79,14 +80,16 @@ def test_wandb_offline_writes_its_run_folder_and_resume_keeps_the_run(tmp_path, 
     run_id = json.loads((run / tracking.STATE_FILE).read_text())["wandb_run_id"]
     (folder,) = (wandb_dir / "wandb").glob(f"offline-run-*-{run_id}")
     # wandb ships no reader for its offline record file; its protobuf records hold keys and JSON values as text.
-    data = (folder / f"run-{run_id}.wandb").read_bytes()
+    # Its service process writes them asynchronously (run.finish() does not wait for the writer): poll.
     (row,) = metrics(run)
-    for key, value in row.items():
-        if key != "step" and isinstance(value, (int, float)):
-            assert key.encode() in data, key
-    for key in ("reward/defender", "loss"):
-        assert json.dumps(row[key]).encode() in data, key
-    assert b"model.lora.r" in data  # the flattened config
+    want = [k.encode() for k, v in row.items() if k != "step" and isinstance(v, (int, float))]
+    want += [json.dumps(row[k]).encode() for k in ("reward/defender", "loss")]  # logged values
+    want.append(b"model.lora.r")  # the flattened config
+    record_file, deadline = folder / f"run-{run_id}.wandb", time.monotonic() + 60
+    while [w for w in want if w not in record_file.read_bytes()] and time.monotonic() < deadline:
+        time.sleep(0.5)
+    data = record_file.read_bytes()
+    assert [w for w in want if w not in data] == []
 
     Trainer(load_config(TINY, ["run.max_steps=2", "run.checkpoint_every=1", "run.report_to=[wandb]"]), run,
             resume=True, progress=False).train()
