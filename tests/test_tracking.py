@@ -111,3 +111,14 @@ def test_report_to_validation_and_missing_package(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trackio" else real(name, *a))
     with pytest.raises(tracking.TrackingError, match=r"trackio not installed; pip install trackio"):
         tracking.accelerator_kwargs(load_config(TINY, ["run.report_to=trackio"]), REPO)
+
+
+@pytest.mark.timeout(900)
+def test_two_processes_write_one_tensorboard_run_from_rank_0(tmp_path):
+    from tests.test_distributed import _launch
+
+    run = tmp_path / "run"
+    rows, summary = _launch(2, run, ["--set", "run.max_steps=2", "--set", "run.report_to=tensorboard"])
+    assert summary["world_size"] == 2
+    assert len(list((run / tracking.TENSORBOARD_DIR / "ssp").glob("events.out.tfevents.*"))) == 1
+    assert_same(scalars(run), rows)
