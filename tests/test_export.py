@@ -122,3 +122,29 @@ def test_export_refuses_a_run_without_checkpoint_and_a_non_empty_output(tmp_path
     (tmp_path / "full" / "keep.txt").write_text("mine")
     res = runner.invoke(app, ["export", str(run), "-o", str(tmp_path / "full")])
     assert res.exit_code == 2 and "not empty" in " ".join(res.output.split())
+
+
+def test_full_finetune_export_reproduces_greedy_tokens(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run, out = tmp_path / "full", tmp_path / "out"
+    cfg = load_config(TINY, ["run.max_steps=1", "model.finetune=full", "rl.learning_rate=0.01", "rl.kl_coef=0"])
+    Trainer(cfg, run, progress=False).train()
+    res = CliRunner().invoke(app, ["export", str(run), "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    policy, tokenizer, _ = ssp_policy(run)
+    model, tok = AutoModelForCausalLM.from_pretrained(out).eval(), AutoTokenizer.from_pretrained(out)
+    assert greedy(model, tok) == greedy(policy, tokenizer)
+    meta, text = card_metadata(out)
+    assert meta["library_name"] == "transformers" and "lora" not in meta["tags"]
+    assert "A fully fine-tuned model, fine-tuned from `tiny` (not on the Hub) for 1 step(s)" in text
+
+
+def test_card_metadata_names_hub_models_and_datasets():
+    from ssp.cli.export import EMBEDDED_HUB_ID, _hub_datasets, hub_base_model
+
+    assert hub_base_model("embedded") == EMBEDDED_HUB_ID == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert hub_base_model("Qwen/Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct"
+    assert hub_base_model("tiny") is None and hub_base_model(str(REPO)) is None  # local folders are not Hub ids
+    assert _hub_datasets(["builtin", "../shared/data/advbench_behaviors.csv", "harmbench", "hf:walledai/XSTest",
+                          "data/my_goals.csv", "harmbench"]) == ["walledai/AdvBench", "walledai/HarmBench", "walledai/XSTest"]
