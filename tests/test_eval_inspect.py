@@ -84,3 +84,56 @@ def test_template_and_self_tasks(xs, run):
     assert metrics(log)["harmful/mean"] == 1.0
     with pytest.raises(ValueError, match="pair"):
         ssp_benchmark(benchmark="xstest", source=str(xs), attack="pair")
+
+
+def test_inspect_eval_cli_runs_the_packaged_task_on_the_tiny_model(tmp_path, xs):
+    """`inspect eval ssp/ssp_benchmark` (the task registered by ssp's inspect_ai entry point) with inspect's own
+    Hugging Face provider on the tiny model saved as a folder: ssp's greedy answers, scored by ssp's judge."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from inspect_ai.log import read_eval_log
+
+    from ssp.config import SamplingConfig, TinyModelConfig
+    from ssp.game.prompts import defender_request
+    from ssp.judges.base import JudgeInput, build_judge
+    from ssp.models.tiny import build_tiny_model
+    from ssp.rollout.hf import HFRolloutEngine
+    from tests.conftest import REPO
+
+    model, tokenizer = build_tiny_model(TinyModelConfig(), seed=0)
+    folder = tmp_path / "tiny-model"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    options = {"topicality": False}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "INSPECT_LOG_DIR": str(tmp_path / "logs"),
+           "HF_HUB_OFFLINE": "1"}  # inspect's provider also asks the Hub about the name `local`: fail fast, no retries
+    cmd = [sys.executable, "-m", "inspect_ai", "eval", "ssp/ssp_benchmark", "--model", "hf/local",
+           "-M", f"model_path={folder}", "-M", "device=cpu", "-M", "do_sample=false", "-T", "benchmark=xstest", "-T", f"source={xs}",
+           "-T", "max_tokens=8", "-T", f"judge_options={json.dumps(options)}", "--display", "none",
+           "--log-format", "json"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (path,) = (tmp_path / "logs").glob("*.json")
+    log = read_eval_log(str(path))
+    assert log.status == "success" and log.eval.task == "ssp/ssp_benchmark"
+    assert sorted(s.metadata["kind"] for s in log.samples) == ["benign", "benign", "harmful"]
+
+    # The answers are the tiny model's greedy ones (ssp's own engine, same chat template) ...
+    engine = HFRolloutEngine(model.eval(), tokenizer, 256)
+    prompts = [s.input for s in log.samples]
+    ours = engine.generate([defender_request(p) for p in prompts], SamplingConfig(temperature=0.0, max_new_tokens=8))
+    assert [s.output.completion for s in log.samples] == [o[0].text for o in ours]
+    # ... and every score is ssp's judge on that answer, aggregated into the task's metrics.
+    judge = build_judge("heuristic", options)
+    verdicts = judge.judge([JudgeInput(s.metadata["goal"], s.input, s.output.completion) for s in log.samples])
+    for sample, v in zip(log.samples, verdicts):
+        (score,) = sample.scores.values()
+        assert score.value == {"harmful": int(v.harmful), "refused": int(v.refused), "complied": int(not v.refused),
+                               "score": float(v.score)}
+    m = metrics(log)
+    assert m["harmful/mean"] == pytest.approx(sum(v.harmful for v in verdicts) / 3)
+    assert m["refused/mean"] == pytest.approx(sum(v.refused for v in verdicts) / 3)

@@ -240,6 +240,22 @@ class RunConfig(_Strict):
     log_exchanges: int = Field(8, ge=0, description="exchanges written to exchanges.jsonl per step")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
+    report_to: list[Literal["tensorboard", "wandb", "trackio", "none"]] = Field(
+        default_factory=lambda: ["none"], description="experiment trackers that also get every metrics.jsonl row "
+        "(accelerate's tracker API; `pip install 'ssp[track]'`); see ssp.training.tracking")
+    tracker_project: str = Field("ssp", min_length=1, description="project name in the trackers (W&B, trackio)")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker_as_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("report_to")
+    @classmethod
+    def _none_alone(cls, v: list[str]) -> list[str]:
+        if "none" in v and len(v) > 1:
+            raise ValueError("'none' cannot be combined with a tracker")
+        return list(dict.fromkeys(v))
 
 
 class WarmStartConfig(_Strict):
@@ -365,8 +381,32 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+def preset_dirs() -> list[Path]:
+    """Where presets are found by name: the installed package's copy of configs/ (setup.py puts it into the
+    wheel), then a source checkout's configs/ (running from src/ or an editable install)."""
+    package = Path(__file__).resolve().parent
+    return [d for d in (package / "configs", package.parents[1] / "configs") if d.is_dir()]
+
+
+def preset_names() -> list[str]:
+    return sorted({p.stem for d in preset_dirs() for p in d.glob("*.yaml")})
+
+
+def resolve_config_path(value: str | Path) -> Path:
+    """A YAML file, or a preset name (`tiny`, `demo`, ...) when no such file exists and the value is a bare name."""
+    path = Path(value)
+    if path.exists() or path.suffix or len(path.parts) > 1:
+        return path
+    for folder in preset_dirs():
+        if (folder / f"{value}.yaml").is_file():
+            return folder / f"{value}.yaml"
+    raise ConfigError(f"config {str(value)!r}: no such file and no preset of that name; presets: "
+                      f"{', '.join(preset_names()) or 'none installed'}")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SSPConfig:
-    """Built-in defaults, then the YAML file, then each `a.b=c` override, validated together."""
+    """Built-in defaults, then the YAML file (or preset name), then each `a.b=c` override, validated together."""
+    path = resolve_config_path(path) if path else None
     tree: dict = apply_overrides(load_yaml(path) if path else {}, overrides or [])
     source = str(path) if path else "defaults"
     if overrides:

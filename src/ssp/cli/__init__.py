@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ssp.cli import evaluate, judge, pool, report, train, warmstart
+from ssp.cli import evaluate, export, judge, pool, report, train, warmstart
 
 app = typer.Typer(
     name="ssp",
@@ -13,5 +13,5 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-for module in (train, warmstart, pool, judge, evaluate, report):
+for module in (train, warmstart, pool, judge, evaluate, report, export):
     module.register(app)

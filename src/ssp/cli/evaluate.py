@@ -45,7 +45,7 @@ def _benchmark_options(pairs: list[str] | None) -> dict[str, dict[str, str]]:
 
 
 def _print_listing() -> None:
-    from ssp.eval.attacks import ATTACKS
+    from ssp.eval.attacks import available_attacks
     from ssp.eval.benchmarks import describe_benchmarks
     from ssp.eval.defenses import available_defenses
     from ssp.judges.registry import available_judges
@@ -57,7 +57,7 @@ def _print_listing() -> None:
         t.add_row(b["name"], ", ".join(f"{k} ({v})" for k, v in b["splits"].items()), "+".join(b["default"]),
                   b["hf_id"] or "", b["title"])
     Console().print(t)
-    Console().print(f"attacks: {', '.join(ATTACKS)}\ndefenses: {', '.join(available_defenses())}\n"
+    Console().print(f"attacks: {', '.join(available_attacks())}\ndefenses: {', '.join(available_defenses())}\n"
                     f"judges: {', '.join(available_judges())}", highlight=False)
 
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from ssp.cli.common import config_from_cli, console, fail
 
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file (see configs/)")
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config file, or a preset name: tiny, demo, cpu-small, ...")
 SetOpt = typer.Option(None, "--set", "-s", help="override a key, e.g. --set run.max_steps=2 (repeatable)")
 
 

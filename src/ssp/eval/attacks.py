@@ -308,4 +308,20 @@ def build_attack(name: str, *, self_samples: int = 4, strategy_hints: bool = Tru
         return SelfAttack(self_samples, strategy_hints, accept_truncated)
     if name == "pair":
         return PairAttack(pair_streams, pair_rounds, pair_history, accept_truncated, attacker_name=attacker_name)
-    raise ValueError(f"--attack: unknown attack {name!r}; available: {', '.join(ATTACKS)}")
+    from ssp.plugins import ATTACKS as GROUP, load_plugin
+
+    factory = load_plugin(GROUP, name)
+    if factory is None:
+        raise ValueError(f"--attack: unknown attack {name!r}; available: {', '.join(available_attacks())}")
+    attack = factory()
+    if not isinstance(attack, Attack):
+        raise ValueError(f"--attack {name}: the plugin returned {type(attack).__name__}, not an ssp.eval.attacks.Attack")
+    return attack
+
+
+def available_attacks() -> list[str]:
+    """The built-in attacks, then those of installed plugins (entry-point group `ssp.attacks`: a callable with no
+    arguments, e.g. an `Attack` subclass, returning an `Attack`)."""
+    from ssp.plugins import ATTACKS as GROUP, plugin_names
+
+    return [*ATTACKS, *(n for n in plugin_names(GROUP) if n not in ATTACKS)]

@@ -175,6 +175,34 @@ GENERIC_OPTIONS = {
 }
 
 
+BenchmarkLoader = Callable[["BenchmarkSpec"], list["Suite"]]
+_PLUGINS: dict[str, "BenchmarkDef | BenchmarkLoader"] = {}
+
+
+def plugin_benchmark(name: str) -> "BenchmarkDef | BenchmarkLoader | None":
+    """An installed plugin's benchmark (entry-point group `ssp.benchmarks`): a `BenchmarkDef`, loaded by the
+    machinery below (Hugging Face id, local files, splits), or a loader `f(spec: BenchmarkSpec) -> list[Suite]`."""
+    if name in BENCHMARKS or name == GENERIC:
+        return None
+    if name not in _PLUGINS:
+        from ssp.plugins import BENCHMARKS as GROUP, load_plugin
+
+        obj = load_plugin(GROUP, name)
+        if obj is None:
+            return None
+        if isinstance(obj, BenchmarkDef) and obj.name != name:
+            raise BenchmarkError(f"benchmark plugin {name!r} declares a BenchmarkDef named {obj.name!r}; the names must match")
+        if not isinstance(obj, BenchmarkDef) and not callable(obj):
+            raise BenchmarkError(f"benchmark plugin {name!r} is a {type(obj).__name__}, not a BenchmarkDef or a loader")
+        _PLUGINS[name] = obj
+    return _PLUGINS[name]
+
+
+def _definition(name: str) -> BenchmarkDef | None:
+    found = BENCHMARKS.get(name) or plugin_benchmark(name)
+    return found if isinstance(found, BenchmarkDef) else None
+
+
 @dataclass(frozen=True)
 class BenchmarkSpec:
     name: str
@@ -198,9 +226,14 @@ def parse_benchmark_spec(text: str, options: dict[str, dict[str, str]] | None = 
     name = m.group("name").lower()
     splits = tuple(s for s in (m.group("splits") or "").split("+") if s)
     source = m.group("source")
-    if name != GENERIC and name not in BENCHMARKS:
+    plugin = plugin_benchmark(name)
+    if name != GENERIC and name not in BENCHMARKS and plugin is None:
+        from ssp.plugins import BENCHMARKS as GROUP, plugin_names
+
         raise BenchmarkError(f"--benchmark {text!r}: unknown benchmark {name!r}; known: "
-                             f"{', '.join([*BENCHMARKS, GENERIC])}")
+                             f"{', '.join([*BENCHMARKS, GENERIC, *plugin_names(GROUP)])}")
+    if plugin is not None and not isinstance(plugin, BenchmarkDef):  # a loader reads its own splits and options
+        return BenchmarkSpec(name, splits, source, dict((options or {}).get(name, {})))
     if name == GENERIC:
         if len(splits) > 1:
             raise BenchmarkError(f"--benchmark {text!r}: generic takes one label (generic:LABEL=SOURCE)")
@@ -214,7 +247,7 @@ def parse_benchmark_spec(text: str, options: dict[str, dict[str, str]] | None = 
         if opts.get("kind", "harmful") not in ("harmful", "benign"):
             raise BenchmarkError(f"benchmark {label!r}: kind must be harmful or benign, got {opts['kind']!r}")
         return BenchmarkSpec(name, (label,), source, opts)
-    bdef = BENCHMARKS[name]
+    bdef = _definition(name)
     for s in splits:
         if s not in bdef.splits:
             raise BenchmarkError(f"--benchmark {text!r}: {name} has no split {s!r}; splits: {', '.join(bdef.splits)}")
@@ -298,7 +331,12 @@ def load_suites(spec: BenchmarkSpec) -> list[Suite]:
     """The suites a spec names, all items (apply `limit_suite` afterwards)."""
     if spec.name == GENERIC:
         return [_load_generic(spec)]
-    bdef = BENCHMARKS[spec.name]
+    bdef = _definition(spec.name)
+    if bdef is None:
+        suites = plugin_benchmark(spec.name)(spec)
+        if not isinstance(suites, list) or not suites or not all(isinstance(x, Suite) for x in suites):
+            raise BenchmarkError(f"benchmark plugin {spec.name!r}: the loader must return a non-empty list of Suite")
+        return suites
     split_names = spec.splits or bdef.default_splits
     suites = []
     for split in split_names:
@@ -387,7 +425,15 @@ def load_benchmarks(specs: list[BenchmarkSpec], limit: int | None = None, seed: 
 def describe_benchmarks() -> list[dict[str, Any]]:
     """For `ssp eval --list-benchmarks` and the docs."""
     out: list[dict[str, Any]] = []
-    for d in BENCHMARKS.values():
+    from ssp.plugins import BENCHMARKS as GROUP, plugin_names
+
+    for name in [*BENCHMARKS, *(n for n in plugin_names(GROUP) if n not in BENCHMARKS and n != GENERIC)]:
+        d = _definition(name)
+        if d is None:
+            doc = (plugin_benchmark(name).__doc__ or "").strip().splitlines()
+            out.append({"name": name, "title": f"plugin loader: {doc[0] if doc else ''}", "hf_id": None, "splits": {},
+                        "default": []})
+            continue
         out.append({"name": d.name, "title": d.title, "hf_id": d.hf_id,
                     "splits": {k: v.kind for k, v in d.splits.items()}, "default": list(d.default_splits)})
     out.append({"name": GENERIC, "title": "any CSV/TSV/JSONL/JSON/Parquet file or HF dataset; "

@@ -11,7 +11,8 @@ the Defender sees in training), one generation. New defenses register with `@reg
     @register_defense("self_reminder")
     def build(ctx: DefenseContext, options: dict) -> Defense: ...
 
-and are then available as `ssp eval --defense self_reminder --defense-option key=value`.
+and are then available as `ssp eval --defense self_reminder --defense-option key=value`. Other packages add
+defenses with the same factory signature through the entry-point group `ssp.defenses` (docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -105,13 +106,19 @@ def register_defense(name: str) -> Callable[[DefenseFactory], DefenseFactory]:
 
 
 def available_defenses() -> list[str]:
-    return sorted(_DEFENSES)
+    """Built-in defenses and those of installed plugins (entry-point group `ssp.defenses`)."""
+    from ssp.plugins import DEFENSES, plugin_names
+
+    return sorted(set(_DEFENSES) | set(plugin_names(DEFENSES)))
 
 
 def build_defense(name: str, ctx: DefenseContext, options: dict[str, Any] | None = None) -> Defense:
-    if name not in _DEFENSES:
+    from ssp.plugins import DEFENSES, load_plugin
+
+    factory = _DEFENSES.get(name) or load_plugin(DEFENSES, name)
+    if factory is None:
         raise ValueError(f"--defense: unknown defense {name!r}; available: {', '.join(available_defenses())}")
-    return _DEFENSES[name](ctx, dict(options or {}))
+    return factory(ctx, dict(options or {}))
 
 
 class NoDefense:

@@ -4,6 +4,11 @@
         -T benchmark=harmbench -T source=../shared/data/harmbench_behaviors_text_val.csv -T attack=template \\
         -T judge=heuristic --limit 20
 
+The task is also registered under ssp's inspect_ai entry point as `ssp/ssp_benchmark`; a local model folder
+(e.g. one written by `ssp export --merge`) runs with inspect's own provider, greedy as in `ssp eval`:
+
+    inspect eval ssp/ssp_benchmark --model hf/local -M model_path=DIR -M do_sample=false -T benchmark=xstest ...
+
 Task arguments (all optional, `-T key=value`):
   benchmark   a benchmark name (`ssp eval --list`): harmbench, advbench, strongreject, jbb, xstest, orbench, generic
   splits      '+'-separated splits (default: the benchmark's defaults), e.g. standard+contextual

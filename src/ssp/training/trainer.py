@@ -28,6 +28,7 @@ from ssp.replay.pool import ExperiencePool
 from ssp.rl.grpo import grpo_update, trainable
 from ssp.rollout.engines import build_rollout_engine
 from ssp.training import checkpoint as ckpt
+from ssp.training import tracking
 from ssp.training.distributed import Ranks, ShardedEngine, ShardedJudge
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class Trainer:
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
         device = resolve_device(cfg.run.device)
-        self.accelerator = Accelerator(cpu=device.type == "cpu")
+        self.accelerator = Accelerator(cpu=device.type == "cpu", **tracking.accelerator_kwargs(cfg, self.run_dir))
         self.ranks = Ranks(self.accelerator)
         self.device = self.accelerator.device
         # The game RNG is the same on every rank (all ranks play the same global step); the torch RNG
@@ -165,6 +166,7 @@ class Trainer:
             self.pool = ExperiencePool(pool_path, cfg.replay)
         if self.ranks.is_main:
             dump_config(cfg, self.run_dir / "config.yaml")
+        tracking.start(self.accelerator, cfg, self.run_dir, self.start_step)
         self.accelerator.wait_for_everyone()
 
     def _init_from(self, model) -> None:
@@ -263,6 +265,7 @@ class Trainer:
             return row
         with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+        tracking.log(self.accelerator, row, step)
         if cfg.run.log_exchanges:
             logged = result.exchanges if len(result.exchanges) <= cfg.run.log_exchanges else side_rng.sample(
                 result.exchanges, cfg.run.log_exchanges)
@@ -327,6 +330,7 @@ class Trainer:
         if self.ranks.is_main:
             self.pool.close()
             (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+            tracking.finish(self.accelerator)
         self.accelerator.wait_for_everyone()
         return summary
 
