@@ -2,6 +2,12 @@
 
 A checkpoint is written into a temporary folder, every file is hashed into `manifest.json`, and the
 folder is renamed into place. A folder without a manifest that verifies is never loaded.
+
+Under FSDP the format on disk is the same: weights and optimizer state are gathered into full
+tensors before rank 0 writes them (`full_model_state`, `full_optimizer_state`), and on resume the
+weights go into the plain model before `accelerator.prepare` shards it, the optimizer state is
+sharded like its parameters (`shard_optimizer_state`). So a checkpoint written by N processes
+resumes with M, sharded or not.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ssp import parallel
 
 CHECKPOINT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
@@ -47,8 +55,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 # -- optimizer state as safetensors + JSON -------------------------------------------------------
-def optimizer_to_files(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    state = optimizer.state_dict()
+def optimizer_to_files(optimizer: torch.optim.Optimizer, folder: Path, state: dict[str, Any] | None = None) -> None:
+    """`state`: the optimizer's state dict with full tensors (default: `optimizer.state_dict()`)."""
+    state = optimizer.state_dict() if state is None else state
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
     for idx, param_state in state["state"].items():
@@ -69,7 +78,53 @@ def optimizer_from_files(optimizer: torch.optim.Optimizer, folder: Path) -> None
     for name, value in list(tensors.items()) + list(meta["scalars"].items()):
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    optimizer.load_state_dict(shard_optimizer_state(optimizer, {"state": state, "param_groups": meta["param_groups"]}))
+
+
+# -- sharded (FSDP2) models: gather on save, shard on load -------------------------------------------
+def full_model_state(model) -> dict[str, torch.Tensor] | None:
+    """The full state dict of an FSDP2-sharded model, on the CPU of rank 0 (other ranks: {}); None when
+    the model is not sharded. A collective: every rank calls it."""
+    if not parallel.fsdp_units(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Tied parameters (lm_head = embeddings) come back as separate copies, which `save_pretrained` would then
+    # write twice; keep the first name of each, as an unsharded save does.
+    seen: set[int] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            state.pop(name, None)
+        seen.add(id(p))
+    return state
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+    """The optimizer's state dict with every sharded (DTensor) tensor gathered whole; None when nothing
+    is sharded. Same keys (parameter indices) as an unsharded optimizer's. A collective."""
+    state = optimizer.state_dict()
+    if not any(hasattr(v, "full_tensor") for s in state["state"].values() for v in s.values()):
+        return None
+    return {"state": {idx: {k: parallel.full_tensor(v).cpu() if torch.is_tensor(v) else v for k, v in s.items()}
+                      for idx, s in state["state"].items()},
+            "param_groups": state["param_groups"]}
+
+
+def shard_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+    """Full optimizer tensors cut like their (FSDP2-sharded) parameters; unchanged for plain parameters."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not any(hasattr(p, "device_mesh") for p in params):
+        return state
+    from torch.distributed.tensor import distribute_tensor
+
+    sharded: dict[int, dict[str, Any]] = {}
+    for idx, s in state["state"].items():
+        p = params[int(idx)]
+        sharded[idx] = {k: distribute_tensor(v, p.device_mesh, p.placements)
+                        if torch.is_tensor(v) and hasattr(p, "device_mesh") and v.shape == p.shape else v
+                        for k, v in s.items()}
+    return {"state": sharded, "param_groups": state["param_groups"]}
 
 
 # -- RNG ----------------------------------------------------------------------------------------
@@ -112,12 +167,13 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, game_rng: random
         tmp.mkdir()
     barrier()
     rng_to_files(game_rng, tmp, rank)
+    weights, optimizer_state = full_model_state(model), full_optimizer_state(optimizer)  # collectives if sharded
     barrier()
     if rank != 0:
         barrier()
         return final
-    model.save_pretrained(tmp / "weights", safe_serialization=True)
-    optimizer_to_files(optimizer, tmp)
+    model.save_pretrained(tmp / "weights", safe_serialization=True, **({"state_dict": weights} if weights else {}))
+    optimizer_to_files(optimizer, tmp, optimizer_state)
     pool.snapshot(tmp / "pool.sqlite")
     (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
     (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))

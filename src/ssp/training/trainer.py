@@ -24,11 +24,12 @@ from ssp.game.prompts import (REFLECT_RATIONALE_CHARS, attacker_request, defende
 from ssp.game.seeds import load_seeds
 from ssp.judges.base import build_judge
 from ssp.models.loader import load_policy, resolve_device
+from ssp.parallel import broadcast_parameters, full_tensor
 from ssp.replay.pool import ExperiencePool
 from ssp.rl.grpo import grpo_update, trainable
 from ssp.rollout.engines import build_rollout_engine
 from ssp.training import checkpoint as ckpt
-from ssp.training.distributed import Ranks, ShardedEngine, ShardedJudge
+from ssp.training.distributed import Ranks, ShardedEngine, ShardedJudge, enable_fsdp_on_cpu
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class Trainer:
 
     def _setup(self) -> None:
         from accelerate import Accelerator
+        from accelerate.utils import DistributedType
 
         cfg = self.cfg
         _check_output_dir(self.run_dir)
@@ -103,6 +105,8 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         device = resolve_device(cfg.run.device)
         self.accelerator = Accelerator(cpu=device.type == "cpu")
+        enable_fsdp_on_cpu(self.accelerator)
+        fsdp = self.accelerator.distributed_type == DistributedType.FSDP
         self.ranks = Ranks(self.accelerator)
         self.device = self.accelerator.device
         # The game RNG is the same on every rank (all ranks play the same global step); the torch RNG
@@ -124,27 +128,32 @@ class Trainer:
         self.reference = None
         if cfg.model.finetune == "full" and cfg.rl.kl_coef > 0:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        if fsdp:  # FSDP shards each rank's own copy; LoRA's init drew from the per-rank RNG
+            broadcast_parameters(model)
+        latest = ckpt.latest_checkpoint(self.run_dir) if self.resume else None
+        if latest is not None:  # into the plain model: `prepare` then shards it under FSDP
+            ckpt.load_weights(model, latest)
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=cfg.rl.learning_rate, weight_decay=cfg.rl.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # FSDP replaced them with shards
         self.policy = self.accelerator.unwrap_model(self.model)  # generation and saving use the bare module
         self.engine = build_rollout_engine(cfg.rollout.backend, self.policy, self.tokenizer,
                                            cfg.model.max_prompt_tokens, cfg.rollout.batch_size,
                                            rollout=cfg.rollout, model_config=cfg.model, seed=cfg.run.seed)
         engine, judge = self.engine, self.judge
-        if self.ranks.world > 1:
-            engine, judge = ShardedEngine(engine, self.ranks), ShardedJudge(judge, self.ranks)
+        if self.ranks.world > 1 or fsdp:
+            unshard = self.model if fsdp and cfg.rollout.backend == "hf" else None
+            engine, judge = ShardedEngine(engine, self.ranks, unshard), ShardedJudge(judge, self.ranks)
         self.game = SelfPlayGame(cfg, engine, judge, self.harmful, self.benign, load_strategy_hints(), embedder)
         self._check_prompt_budget()
 
         self.start_step = 0
         pool_path = self.run_dir / POOL_FILE
-        latest = ckpt.latest_checkpoint(self.run_dir) if self.resume else None
         if self.resume and latest is None:
             log.warning("--resume: no complete checkpoint in %s; starting from step 0", self.run_dir)
         self.pool = None  # the experience pool lives on rank 0 only
         if latest is not None:
-            ckpt.load_weights(self.policy, latest)
             ckpt.optimizer_from_files(self.optimizer, latest)
             ckpt.rng_from_files(self.rng, latest, self.ranks.rank)
             self.start_step = json.loads((latest / "state.json").read_text())["step"]
@@ -317,7 +326,7 @@ class Trainer:
         for name, p in self.policy.named_parameters():
             if p.requires_grad:
                 h.update(name.encode())
-                h.update(p.detach().float().cpu().numpy().tobytes())
+                h.update(full_tensor(p).float().cpu().numpy().tobytes())  # sharded under FSDP: gathered
         return h.hexdigest()[:16]
 
     def _summary(self, rows: list[dict[str, Any]], last_ckpt: Path | None) -> dict[str, Any]:
@@ -339,5 +348,6 @@ class Trainer:
             "mean_benign_refusal": mean("benign_refusal"),
             "pool_size": rows[-1].get("pool/size") if rows else None,
             "world_size": self.ranks.world,
+            "distributed_type": str(self.accelerator.distributed_type).split(".")[-1],
             "metrics": str(self.run_dir / METRICS_FILE),
         }
