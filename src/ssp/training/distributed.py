@@ -7,7 +7,8 @@ pool lives on rank 0 and its replay selection is broadcast. With one process all
 Under FSDP (accelerate's FSDP2 preset) each rank holds a shard of every parameter; rollouts from the
 HF backend run inside `fsdp_unsharded` (the weights all-gathered once per `generate` call, kept whole
 while each rank generates its own share), and checkpoints are gathered to one consolidated file
-(`ssp.training.checkpoint`). `enable_fsdp_on_cpu` lets the same FSDP path run on CPU processes (gloo).
+(`ssp.training.checkpoint`). `enable_sharding_on_cpu` lets the same FSDP and DeepSpeed paths run on CPU
+processes (gloo).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 from typing import Any, Sequence, TypeVar
 
 from accelerate.state import PartialState
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, gather_object
+from accelerate.utils import DeepSpeedPlugin, DistributedType, FullyShardedDataParallelPlugin, gather_object
 
 from ssp import parallel
 
@@ -55,44 +56,71 @@ class Ranks:
         return max(math.ceil(s / micro_batch_size) for s in sizes)
 
 
-def enable_fsdp_on_cpu(accelerator) -> bool:
-    """Switch accelerate to its FSDP path on CPU processes when launched with an FSDP config.
+def enable_sharding_on_cpu(accelerator) -> str | None:
+    """Switch accelerate to its FSDP or DeepSpeed path on CPU processes launched with such a config.
 
-    accelerate (1.15) turns `ACCELERATE_USE_FSDP` into FSDP only for GPU-like process types; on CPU
-    it falls back to plain data parallelism (MULTI_CPU, gloo) and ignores the FSDP settings. torch's
-    `fully_shard` itself works on CPU with gloo, so here the state is set to FSDP with the plugin the
-    launcher configured (`FSDP_*` variables): `prepare`, `backward`, `clip_grad_norm_` then take
-    accelerate's own FSDP2 code, the one a GPU run takes. Returns whether it switched.
+    accelerate (1.15) turns `ACCELERATE_USE_FSDP` / `ACCELERATE_USE_DEEPSPEED` into FSDP / DeepSpeed
+    only for GPU-like process types; on CPU it falls back to plain data parallelism (MULTI_CPU, gloo)
+    and ignores those settings. torch's `fully_shard` and DeepSpeed's CPU accelerator both work on CPU
+    with gloo, so here the state is set to the launched type with the plugin the launcher configured
+    (`FSDP_*` / `ACCELERATE_DEEPSPEED_*` variables): `prepare`, `backward`, `clip_grad_norm_` then run
+    accelerate's own FSDP2 / DeepSpeed code, the code a GPU run takes. Returns what it switched to.
     """
     state = accelerator.state
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or \
-            state.distributed_type != DistributedType.MULTI_CPU:
-        return False
-    state.distributed_type = DistributedType.FSDP
-    state.fsdp_plugin = FullyShardedDataParallelPlugin()
-    PartialState._shared_state["distributed_type"] = DistributedType.FSDP  # as AcceleratorState does for GPUs
-    return True
+    if state.distributed_type != DistributedType.MULTI_CPU:
+        return None
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        state.distributed_type = DistributedType.FSDP
+        state.fsdp_plugin = FullyShardedDataParallelPlugin()
+    elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        state.distributed_type = DistributedType.DEEPSPEED
+        plugin = DeepSpeedPlugin()
+        plugin.set_mixed_precision("no")  # precision comes from the DeepSpeed JSON (accelerate does the same)
+        plugin.select(_from_accelerator_state=True)
+        state.deepspeed_plugins = plugin
+    else:
+        return None
+    PartialState._shared_state["distributed_type"] = state.distributed_type  # as AcceleratorState does for GPUs
+    return state.distributed_type.value
 
 
 class ShardedEngine:
     """A rollout engine whose requests are split over ranks; results are gathered in request order.
 
-    `unshard`: the FSDP-sharded policy the engine generates with (HF backend), all-gathered for each
-    call; None where the engine holds its own weights (vLLM) or nothing is sharded.
+    `whole`: a context factory that makes the sharded policy whole for generation (FSDP2, ZeRO-3;
+    see `generation_context`), entered once per `generate` call on every rank; None when nothing is
+    sharded or the engine holds its own weights (vLLM).
     """
 
-    def __init__(self, engine, ranks: Ranks, unshard=None):
-        self.engine, self.ranks, self.unshard = engine, ranks, unshard
+    def __init__(self, engine, ranks: Ranks, whole=None):
+        self.engine, self.ranks, self.whole = engine, ranks, whole
         self.encoder = engine.encoder
 
     def generate(self, requests, sampling, n: int = 1):
-        whole = parallel.fsdp_unsharded(self.unshard) if self.unshard is not None else contextlib.nullcontext()
-        with whole:
+        with self.whole() if self.whole is not None else contextlib.nullcontext():
             local = self.engine.generate(self.ranks.shard(requests), sampling, n)
         return self.ranks.gather(local, len(requests))
 
     def refresh_weights(self) -> None:
         self.engine.refresh_weights()
+
+
+def generation_context(accelerator, model):
+    """How the HF backend generates from a sharded policy, as a context factory (None: nothing to do).
+
+    Ranks generate different numbers of batches and tokens, so no collective may run inside `generate`:
+    the parameters are gathered once on entry and kept whole. FSDP2: `ssp.parallel.fsdp_unsharded`.
+    DeepSpeed ZeRO-3: TRL's `unwrap_model_for_generation` (GatheredParameters over the whole model with
+    ZeRO's per-module gather hooks taken off meanwhile, the `deepspeed` extra installs TRL). ZeRO-2
+    shards only optimizer state and gradients: nothing to gather.
+    """
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return lambda: parallel.fsdp_unsharded(model)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        from trl.models.utils import unwrap_model_for_generation
+
+        return lambda: unwrap_model_for_generation(model, accelerator)
+    return None
 
 
 class ShardedJudge:

@@ -24,12 +24,13 @@ from ssp.game.prompts import (REFLECT_RATIONALE_CHARS, attacker_request, defende
 from ssp.game.seeds import load_seeds
 from ssp.judges.base import build_judge
 from ssp.models.loader import load_policy, resolve_device
-from ssp.parallel import broadcast_parameters, full_tensor
+from ssp.parallel import broadcast_parameters, full_tensor, zero3_gathered
 from ssp.replay.pool import ExperiencePool
 from ssp.rl.grpo import grpo_update, trainable
 from ssp.rollout.engines import build_rollout_engine
 from ssp.training import checkpoint as ckpt
-from ssp.training.distributed import Ranks, ShardedEngine, ShardedJudge, enable_fsdp_on_cpu
+from ssp.training.distributed import (Ranks, ShardedEngine, ShardedJudge, enable_sharding_on_cpu,
+                                      generation_context)
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,8 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         device = resolve_device(cfg.run.device)
         self.accelerator = Accelerator(cpu=device.type == "cpu")
-        enable_fsdp_on_cpu(self.accelerator)
-        fsdp = self.accelerator.distributed_type == DistributedType.FSDP
+        sharded = enable_sharding_on_cpu(self.accelerator) or self.accelerator.distributed_type in (
+            DistributedType.FSDP, DistributedType.DEEPSPEED)
         self.ranks = Ranks(self.accelerator)
         self.device = self.accelerator.device
         # The game RNG is the same on every rank (all ranks play the same global step); the torch RNG
@@ -128,7 +129,7 @@ class Trainer:
         self.reference = None
         if cfg.model.finetune == "full" and cfg.rl.kl_coef > 0:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
-        if fsdp:  # FSDP shards each rank's own copy; LoRA's init drew from the per-rank RNG
+        if sharded:  # FSDP shards each rank's own copy; LoRA's init drew from the per-rank RNG
             broadcast_parameters(model)
         latest = ckpt.latest_checkpoint(self.run_dir) if self.resume else None
         if latest is not None:  # into the plain model: `prepare` then shards it under FSDP
@@ -142,9 +143,9 @@ class Trainer:
                                            cfg.model.max_prompt_tokens, cfg.rollout.batch_size,
                                            rollout=cfg.rollout, model_config=cfg.model, seed=cfg.run.seed)
         engine, judge = self.engine, self.judge
-        if self.ranks.world > 1 or fsdp:
-            unshard = self.model if fsdp and cfg.rollout.backend == "hf" else None
-            engine, judge = ShardedEngine(engine, self.ranks, unshard), ShardedJudge(judge, self.ranks)
+        whole = generation_context(self.accelerator, self.model) if cfg.rollout.backend == "hf" else None
+        if self.ranks.world > 1 or whole is not None:
+            engine, judge = ShardedEngine(engine, self.ranks, whole), ShardedJudge(judge, self.ranks)
         self.game = SelfPlayGame(cfg, engine, judge, self.harmful, self.benign, load_strategy_hints(), embedder)
         self._check_prompt_budget()
 
@@ -154,7 +155,7 @@ class Trainer:
             log.warning("--resume: no complete checkpoint in %s; starting from step 0", self.run_dir)
         self.pool = None  # the experience pool lives on rank 0 only
         if latest is not None:
-            ckpt.optimizer_from_files(self.optimizer, latest)
+            ckpt.optimizer_from_files(self.optimizer, latest, self.policy)
             ckpt.rng_from_files(self.rng, latest, self.ranks.rank)
             self.start_step = json.loads((latest / "state.json").read_text())["step"]
             if self.ranks.is_main:
@@ -323,10 +324,11 @@ class Trainer:
     def _weights_digest(self) -> str:
         """sha256 over the trainable parameters: equal on every rank when gradients were synchronised."""
         h = hashlib.sha256()
-        for name, p in self.policy.named_parameters():
-            if p.requires_grad:
-                h.update(name.encode())
-                h.update(full_tensor(p).float().cpu().numpy().tobytes())  # sharded under FSDP: gathered
+        with zero3_gathered(list(self.policy.parameters())):  # sharded (ZeRO-3, FSDP): gathered
+            for name, p in self.policy.named_parameters():
+                if p.requires_grad:
+                    h.update(name.encode())
+                    h.update(full_tensor(p).float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
 
     def _summary(self, rows: list[dict[str, Any]], last_ckpt: Path | None) -> dict[str, Any]:
