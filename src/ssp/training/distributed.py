@@ -84,6 +84,20 @@ def enable_sharding_on_cpu(accelerator) -> str | None:
     return state.distributed_type.value
 
 
+def keep_later_models_whole(accelerator) -> None:
+    """Under ZeRO-3, let models loaded after `prepare` (judges, the embedder) load as plain modules.
+
+    accelerate's DeepSpeed plugin registers transformers' `HfDeepSpeedConfig` when selected, whatever
+    `zero3_init_flag` says; while it is registered every `from_pretrained` runs under
+    `deepspeed.zero.Init` and comes up partitioned, which only the DeepSpeed engine knows how to use.
+    The policy is prepared by then, so the registration has done its job.
+    """
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.state.deepspeed_plugin.zero_stage == 3:
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+
+
 class ShardedEngine:
     """A rollout engine whose requests are split over ranks; results are gathered in request order.
 

@@ -30,7 +30,7 @@ from ssp.rl.grpo import grpo_update, trainable
 from ssp.rollout.engines import build_rollout_engine
 from ssp.training import checkpoint as ckpt
 from ssp.training.distributed import (Ranks, ShardedEngine, ShardedJudge, enable_sharding_on_cpu,
-                                      generation_context)
+                                      generation_context, keep_later_models_whole)
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,7 @@ class Trainer:
         optimizer = torch.optim.AdamW(self.params, lr=cfg.rl.learning_rate, weight_decay=cfg.rl.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # FSDP replaced them with shards
+        keep_later_models_whole(self.accelerator)
         self.policy = self.accelerator.unwrap_model(self.model)  # generation and saving use the bare module
         self.engine = build_rollout_engine(cfg.rollout.backend, self.policy, self.tokenizer,
                                            cfg.model.max_prompt_tokens, cfg.rollout.batch_size,
