@@ -88,11 +88,11 @@ def lora_runs(tmp_path_factory):
 
 @pytest.mark.timeout(900)
 def test_fsdp_lora_matches_one_process(lora_runs):
-    _, one_rows, one = lora_runs["one"]
+    one_dir, one_rows, _ = lora_runs["one"]
     out, two_rows, two = lora_runs["fsdp"]
     assert two["distributed_type"] == "FSDP" and two["world_size"] == 2
     assert_same_game(one_rows, two_rows)
-    assert max_difference(final_weights(lora_runs["one"][0]), final_weights(out)) < WEIGHT_TOL
+    assert max_difference(final_weights(one_dir), final_weights(out)) < WEIGHT_TOL
     # The checkpoint is peft's consolidated adapter, loadable anywhere.
     assert (out / "checkpoints" / f"step-{STEPS:06d}" / "weights" / "adapter_model.safetensors").is_file()
 

@@ -28,7 +28,8 @@ import os
 import shutil
 import tempfile
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 
@@ -124,7 +125,7 @@ class VLLMColocatedEngine:
             dist = parallel.dist()
             self.tp_group, _ = dist.new_subgroups_by_enumeration(
                 [list(range(s, s + tp)) for s in range(0, self.world, tp)])
-        self._tmp = None
+        self._tmp: str | None = None
         self.llm = llm if llm is not None else self._build(model_config, max_model_len, seed)
         # The first generate pushes the weights: by then a resumed run has loaded its checkpoint.
         self._stale = True
@@ -163,7 +164,7 @@ class VLLMColocatedEngine:
         if self._stale:  # every rank calls generate (ShardedEngine), so collectives inside are safe
             self.refresh_weights()
         encoded = [self.encoder.encode(r) for r in requests]
-        parts = [encoded]
+        parts: list = [encoded]
         if self.tp_group is not None:  # the ranks of a TP group drive one engine: they submit the same batch
             dist = parallel.dist()
             parts = [None] * self.options.tensor_parallel_size

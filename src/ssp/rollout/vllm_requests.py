@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ssp.config import SamplingConfig
 from ssp.rollout.base import Completion
@@ -81,8 +82,9 @@ def token_ids_from_choice(choice: dict[str, Any], tokenizer=None) -> tuple[list[
     tokens = (choice.get("logprobs") or {}).get("tokens")
     if isinstance(tokens, list) and tokens:
         matches = [_TOKEN_ID.match(t) if isinstance(t, str) else None for t in tokens]
-        if all(matches):
-            return [int(m.group(1)) for m in matches], "logprobs"
+        found = [m for m in matches if m is not None]
+        if len(found) == len(matches):
+            return [int(m.group(1)) for m in found], "logprobs"
     if tokenizer is None:
         raise ValueError("the server's answer carries no token ids (neither `token_ids` nor "
                          "`token_id:<id>` logprob tokens) and no tokenizer was given to re-tokenise")

@@ -62,8 +62,7 @@ class VLLMServerEngine:
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.options = options
         self.base_url = options.base_url.rstrip("/")
-        if self.base_url.endswith("/v1"):
-            self.base_url = self.base_url[: -len("/v1")]
+        self.base_url = self.base_url.removesuffix("/v1")
         self.served_model_name = served_model_name
         self.rank, self.world = parallel.rank_world()
         headers = {}

@@ -7,8 +7,9 @@ consumes the streams. Tested on CPU against peft's `merge_and_unload` (tests/tes
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 

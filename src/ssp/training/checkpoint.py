@@ -58,9 +58,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 # -- optimizer state as safetensors + JSON -------------------------------------------------------
-def optimizer_to_files(optimizer: torch.optim.Optimizer, folder: Path, state: dict[str, Any] | None = None) -> None:
-    """`state`: the optimizer's state dict with full tensors (default: `optimizer.state_dict()`)."""
-    state = optimizer.state_dict() if state is None else state
+def optimizer_to_files(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    optimizer_state_to_files(optimizer.state_dict(), folder)
+
+
+def optimizer_state_to_files(state: dict[str, Any], folder: Path) -> None:
+    """An optimizer state dict (full tensors, keyed by parameter index) as safetensors + JSON."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
     for idx, param_state in state["state"].items():
@@ -216,7 +219,10 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, game_rng: random
         barrier()
         return final
     model.save_pretrained(tmp / "weights", safe_serialization=True, **({"state_dict": weights} if weights else {}))
-    optimizer_to_files(optimizer, tmp, optimizer_state)
+    if optimizer_state is None:
+        optimizer_to_files(optimizer, tmp)
+    else:  # gathered from shards above
+        optimizer_state_to_files(optimizer_state, tmp)
     pool.snapshot(tmp / "pool.sqlite")
     (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
     (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))

@@ -129,7 +129,7 @@ class Trainer:
         self.reference = None
         if cfg.model.finetune == "full" and cfg.rl.kl_coef > 0:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
-        if sharded:  # FSDP shards each rank's own copy; LoRA's init drew from the per-rank RNG
+        if sharded:  # FSDP shards what each rank holds, and LoRA's init drew from the per-rank RNG
             broadcast_parameters(model)
         latest = ckpt.latest_checkpoint(self.run_dir) if self.resume else None
         if latest is not None:  # into the plain model: `prepare` then shards it under FSDP
