@@ -18,7 +18,10 @@ import torch
 
 from ssp.config import ConfigError, SamplingConfig, load_config
 from ssp.models.loader import load_base_model, load_policy
-from ssp.rollout import vllm as V
+from ssp.rollout import vllm_colocated as VC
+from ssp.rollout import vllm_requests as VR
+from ssp.rollout import vllm_server as VS
+from ssp.rollout import weights as VW
 from ssp.rollout.base import ChatRequest
 from ssp.rollout.engines import build_rollout_engine
 from ssp.rollout.hf import HFRolloutEngine
@@ -141,7 +144,7 @@ def lora_policy():
 
 
 def _export(model, only_changed):
-    return {name: t.clone() for name, t in V.export_weights(model, only_changed=only_changed)}
+    return {name: t.clone() for name, t in VW.export_weights(model, only_changed=only_changed)}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -196,7 +199,7 @@ def test_names_map_onto_vllms_llama_parameters(lora_policy):
                         p + "mlp.down_proj.weight", p + "input_layernorm.weight", p + "post_attention_layernorm.weight"}
     shards: dict[str, set] = {}
     for name in _export(model, only_changed=False):
-        target, shard = V.vllm_parameter_name(name)
+        target, shard = VW.vllm_parameter_name(name)
         assert target in vllm_params, name
         shards.setdefault(target, set()).add(shard)
     assert set(shards) == vllm_params
@@ -210,11 +213,11 @@ def test_names_map_onto_vllms_llama_parameters(lora_policy):
 
 
 def test_checkpoint_names_strip_wrappers():
-    assert V.hf_checkpoint_name("base_model.model.model.layers.3.mlp.up_proj.base_layer.weight") == \
+    assert VW.hf_checkpoint_name("base_model.model.model.layers.3.mlp.up_proj.base_layer.weight") == \
         "model.layers.3.mlp.up_proj.weight"
-    assert V.hf_checkpoint_name("module._orig_mod.base_model.model.lm_head.modules_to_save.default.weight") == \
+    assert VW.hf_checkpoint_name("module._orig_mod.base_model.model.lm_head.modules_to_save.default.weight") == \
         "lm_head.weight"
-    assert V.hf_checkpoint_name("model.norm.weight") == "model.norm.weight"
+    assert VW.hf_checkpoint_name("model.norm.weight") == "model.norm.weight"
 
 
 def test_materialized_model_loads_in_transformers_and_matches_the_policy(lora_policy, tmp_path):
@@ -223,7 +226,7 @@ def test_materialized_model_loads_in_transformers_and_matches_the_policy(lora_po
     from transformers import AutoModelForCausalLM
 
     model, tok, _ = lora_policy
-    folder = V.materialize_model(model, tok, tmp_path / "m")
+    folder = VW.materialize_model(model, tok, tmp_path / "m")
     loaded, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     loaded.generation_config.eos_token_id = model.generation_config.eos_token_id
@@ -237,7 +240,7 @@ def test_saved_adapter_is_peft_loadable_with_vllm_key_names(lora_policy, tmp_pat
     from safetensors.torch import load_file
 
     model, _, _ = lora_policy
-    folder = V.save_adapter(model, tmp_path / "a")
+    folder = VW.save_adapter(model, tmp_path / "a")
     keys = set(load_file(folder / "adapter_model.safetensors"))
     assert keys and all(k.startswith("base_model.model.model.layers.") and ".lora_" in k and ".default." not in k
                         for k in keys)
@@ -254,14 +257,23 @@ def test_saved_adapter_is_peft_loadable_with_vllm_key_names(lora_policy, tmp_pat
 # ---------------------------------------------------------------------------------------------
 
 
+#: The fields vLLM 0.33's `/v1/completions` fills from the server's defaults (the model's generation_config.json)
+#: when a request leaves them out (`CompletionRequest._DEFAULT_SAMPLING_PARAMS`).
+SERVER_DEFAULTED = ("repetition_penalty", "presence_penalty", "frequency_penalty", "temperature", "top_p", "top_k",
+                    "min_p")
+
+
 def test_sampling_maps_onto_vllm_parameters():
-    kw = V.sampling_params(SamplingConfig(temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=33), 4, [7, 9])
-    assert kw == {"n": 4, "temperature": 0.7, "top_p": 0.9, "max_tokens": 33, "stop_token_ids": [7, 9],
-                  "skip_special_tokens": True}  # top_k 0 (off) is left to vLLM's default
-    assert V.sampling_params(SamplingConfig(top_k=20), 2, [])["top_k"] == 20
-    greedy = V.sampling_params(SamplingConfig(temperature=0.0, top_k=5), 4, [])
-    assert greedy["n"] == 1 and greedy["temperature"] == 0.0 and "top_k" not in greedy
-    body = V.completion_request([1, 2, 3], SamplingConfig(max_new_tokens=5), 2, "m-v1", [9])
+    kw = VR.sampling_params(SamplingConfig(temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=33), 4, [7, 9])
+    # Every field a vLLM server would fill from the model's generation_config.json is explicit (neutral).
+    assert kw == {"n": 4, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
+                  "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_tokens": 33, "stop_token_ids": [7, 9],
+                  "skip_special_tokens": True}
+    assert set(SERVER_DEFAULTED) <= set(kw)
+    assert VR.sampling_params(SamplingConfig(top_k=20), 2, [])["top_k"] == 20
+    greedy = VR.sampling_params(SamplingConfig(temperature=0.0, top_k=5, top_p=0.5), 4, [])
+    assert greedy["n"] == 1 and greedy["temperature"] == 0.0 and greedy["top_k"] == 0 and greedy["top_p"] == 1.0
+    body = VR.completion_request([1, 2, 3], SamplingConfig(max_new_tokens=5), 2, "m-v1", [9])
     assert body["prompt"] == [1, 2, 3] and body["model"] == "m-v1" and body["n"] == 2
     assert body["return_token_ids"] is True and body["logprobs"] == 0 and body["return_tokens_as_token_ids"] is True
     json.dumps(body)  # JSON-serialisable
@@ -281,33 +293,33 @@ class _Tok:
 
 def test_token_ids_come_from_the_answer_not_the_text():
     tok = _Tok()
-    assert V.token_ids_from_choice({"token_ids": [5, 6, 2], "text": "x"}, tok) == ([5, 6, 2], "token_ids")
+    assert VR.token_ids_from_choice({"token_ids": [5, 6, 2], "text": "x"}, tok) == ([5, 6, 2], "token_ids")
     lp = {"tokens": ["token_id:5", "token_id:6", "token_id:2"], "token_logprobs": [-1.0, -0.5, -0.1]}
-    assert V.token_ids_from_choice({"logprobs": lp, "text": "x"}, tok) == ([5, 6, 2], "logprobs")
-    assert V.token_ids_from_choice({"text": "5 6"}, tok) == ([5, 6], "retokenized")
+    assert VR.token_ids_from_choice({"logprobs": lp, "text": "x"}, tok) == ([5, 6, 2], "logprobs")
+    assert VR.token_ids_from_choice({"text": "5 6"}, tok) == ([5, 6], "retokenized")
     with pytest.raises(ValueError, match="no token ids"):
-        V.token_ids_from_choice({"text": "5"}, None)
+        VR.token_ids_from_choice({"text": "5"}, None)
 
 
 def test_completions_follow_the_hf_backends_conventions():
     tok, eos = _Tok(), [2, 3]
-    c = V.build_completion([5, 2, 7], "stop", None, [1], tok, eos)  # cut after the first end-of-turn
+    c = VR.build_completion([5, 2, 7], "stop", None, [1], tok, eos)  # cut after the first end-of-turn
     assert (c.completion_ids, c.finished, c.text, c.meta) == ([5, 2], True, "5", {})
-    c = V.build_completion([5, 6], "length", None, [1], tok, eos, prompt_truncated=True)
+    c = VR.build_completion([5, 6], "length", None, [1], tok, eos, prompt_truncated=True)
     assert (c.completion_ids, c.finished, c.prompt_truncated) == ([5, 6], False, True)
-    c = V.build_completion([5], "stop", 3, [1], tok, eos, source="retokenized")  # stop token missing: named
+    c = VR.build_completion([5], "stop", 3, [1], tok, eos, source="retokenized")  # stop token missing: named
     assert c.completion_ids == [5, 3] and c.finished and c.meta == {"token_ids_source": "retokenized",
                                                                      "eos_appended": True}
-    c = V.build_completion([5], "stop", None, [1], tok, eos)  # None = the model's EOS
+    c = VR.build_completion([5], "stop", None, [1], tok, eos)  # None = the model's EOS
     assert c.completion_ids == [5, 2] and c.finished
     body = {"choices": [{"index": 1, "token_ids": [6, 2], "finish_reason": "stop"},
                         {"index": 0, "token_ids": [5, 5], "finish_reason": "length"}]}
-    out = V.completions_from_response(body, [1, 4], 2, tok, eos)
+    out = VR.completions_from_response(body, [1, 4], 2, tok, eos)
     assert [o.completion_ids for o in out] == [[5, 5], [6, 2]] and [o.finished for o in out] == [False, True]
-    one = V.completions_from_response({"choices": [body["choices"][0]]}, [1], 3, tok, eos)  # greedy: copied
+    one = VR.completions_from_response({"choices": [body["choices"][0]]}, [1], 3, tok, eos)  # greedy: copied
     assert len(one) == 3 and one[0] is not one[1] and all(o.completion_ids == [6, 2] for o in one)
     with pytest.raises(ValueError, match="asked the server for 3"):
-        V.completions_from_response(body, [1], 3, tok, eos)
+        VR.completions_from_response(body, [1], 3, tok, eos)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,6 +340,7 @@ class FakeVLLMServer:
         self.models = {name: self.base}
         self.adapters: dict[str, str] = {}
         self.requests: list[dict] = []
+        self.load_error: str | None = None  # set: every adapter load fails as vLLM reports it (HTTP 500)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -375,6 +388,8 @@ class FakeVLLMServer:
         from peft import PeftModel
 
         name = body["lora_name"]
+        if self.load_error:  # vLLM 0.33 wraps add_lora's exception as InternalServerError
+            return 500, {"error": {"message": self.load_error, "type": "InternalServerError", "code": 500}}
         if name in self.models:
             return 400, {"error": {"message": f"The lora adapter '{name}' has already been loaded.", "code": 400}}
         self.models[name] = PeftModel.from_pretrained(copy.deepcopy(self.base), body["lora_path"]).eval()
@@ -443,7 +458,7 @@ def _ids(results):
 def test_server_mode_matches_the_hf_backend_and_follows_updates(served, tmp_path):
     policy, tok, cfg, server = served
     engine = build_rollout_engine("vllm", policy, tok, 64, 8, rollout=cfg.rollout, model_config=cfg.model)
-    assert isinstance(engine, V.VLLMServerEngine) and not server.adapters  # loaded on first use
+    assert isinstance(engine, VS.VLLMServerEngine) and not server.adapters  # loaded on first use
     hf = HFRolloutEngine(policy, tok, 64)
 
     got = engine.generate(REQUESTS, GREEDY, n=2)
@@ -490,18 +505,34 @@ def test_server_mode_with_older_servers(served, ids):
 def test_server_mode_errors_are_explained(served, monkeypatch, tiny_cfg):
     policy, tok, cfg, server = served
     bad = cfg.rollout.model_copy(update={"vllm": cfg.rollout.vllm.model_copy(update={"served_model_name": "nope"})})
-    with pytest.raises(V.VLLMServerError, match="serves .*tiny-base.*not 'nope'"):
+    with pytest.raises(VS.VLLMServerError, match="serves .*tiny-base.*not 'nope'"):
         build_rollout_engine("vllm", policy, tok, 64, 8, rollout=bad, model_config=cfg.model)
     monkeypatch.setenv("SSP_TEST_VLLM_KEY", "wrong")
-    with pytest.raises(V.VLLMServerError, match="401"):
+    with pytest.raises(VS.VLLMServerError, match="401"):
         build_rollout_engine("vllm", policy, tok, 64, 8, rollout=cfg.rollout, model_config=cfg.model)
-    monkeypatch.setattr(V.VLLMServerEngine, "RETRIES", 1)
+    monkeypatch.setattr(VS.VLLMServerEngine, "RETRIES", 1)
     gone = cfg.rollout.model_copy(update={"vllm": cfg.rollout.vllm.model_copy(update={"base_url": "http://127.0.0.1:9"})})
-    with pytest.raises(V.VLLMServerError, match="Is `vllm serve` running"):
+    with pytest.raises(VS.VLLMServerError, match="Is `vllm serve` running"):
         build_rollout_engine("vllm", policy, tok, 64, 8, rollout=gone, model_config=cfg.model)
     full = cfg.model.model_copy(update={"finetune": "full"})
     with pytest.raises(ValueError, match="colocated"):
         build_rollout_engine("vllm", policy, tok, 64, 8, rollout=cfg.rollout, model_config=full)
+
+
+def test_failed_adapter_load_is_not_retried_and_names_the_server_flags(served, monkeypatch):
+    policy, tok, cfg, server = served
+    sleeps = []
+    monkeypatch.setattr(VS.time, "sleep", sleeps.append)
+    server.load_error = "LoRA rank 16 is greater than max_lora_rank 8."
+    engine = build_rollout_engine("vllm", policy, tok, 64, 8, rollout=cfg.rollout, model_config=cfg.model)
+    with pytest.raises(VS.VLLMServerError) as err:
+        engine.generate(REQUESTS[:1], GREEDY)
+    loads = [r for r in server.requests if r["path"] == "/v1/load_lora_adapter"]
+    assert len(loads) == 1 and not sleeps  # a 500 from the adapter load is final: asked once, no backoff
+    message = str(err.value)
+    assert "HTTP 500" in message and "max_lora_rank 8" in message
+    assert f"--enable-lora --max-lora-rank R (R ≥ the adapter's rank {cfg.model.lora.r}" in message
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True" in message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,15 +587,13 @@ class _SamplingParams:
 
 
 def test_colocated_engine_pushes_merged_weights_and_matches_the_policy(tiny_cfg, monkeypatch):
-    fake_vllm = types.ModuleType("vllm")
-    fake_vllm.SamplingParams = _SamplingParams
-    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    _fake_vllm(monkeypatch)
     policy, tok = load_policy(tiny_cfg.model)
     _perturb_lora(policy, seed=5)
     base, _ = load_base_model(tiny_cfg.model)
     llm = _FakeLLM(base.eval(), tok)
     cfg = load_config(REPO / "configs" / "tiny.yaml", ["rollout.backend=vllm"])
-    engine = V.VLLMColocatedEngine(policy, tok, 64, cfg.rollout.vllm, cfg.model, max_model_len=128, llm=llm)
+    engine = VC.VLLMColocatedEngine(policy, tok, 64, cfg.rollout.vllm, cfg.model, max_model_len=128, llm=llm)
     hf = HFRolloutEngine(policy, tok, 64)
     assert _ids(engine.generate(REQUESTS, GREEDY, n=2)) == _ids(hf.generate(REQUESTS, GREEDY, n=2))
     assert llm.prefix_resets == 1 and llm.calls[0].n == 1  # pushed once before the first generate; greedy once
@@ -575,6 +604,52 @@ def test_colocated_engine_pushes_merged_weights_and_matches_the_policy(tiny_cfg,
     assert llm.prefix_resets == 2 and llm.model.loads == 2 * pushed
     assert _ids(engine.generate(REQUESTS[:2], GREEDY)) == _ids(hf.generate(REQUESTS[:2], GREEDY))
     assert engine.generate([], GREEDY) == []
+
+
+def _fake_vllm(monkeypatch):
+    fake = types.ModuleType("vllm")
+    fake.SamplingParams = _SamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.delenv(VC.MULTIPROCESSING_VAR, raising=False)  # restored (unset) after the test
+
+
+def test_both_modes_send_the_same_sampling_parameters(served, monkeypatch):
+    """The server request carries every sampling field the colocated engine gives `SamplingParams`, with the
+    same values: nothing is left for the server to fill from the model's generation_config.json."""
+    _fake_vllm(monkeypatch)
+    policy, tok, cfg, server = served
+    base, _ = load_base_model(cfg.model)
+    llm = _FakeLLM(base.eval(), tok)
+    colocated = VC.VLLMColocatedEngine(policy, tok, 64, cfg.rollout.vllm, cfg.model, max_model_len=128, llm=llm)
+    remote = build_rollout_engine("vllm", policy, tok, 64, 8, rollout=cfg.rollout, model_config=cfg.model)
+    for sampling in (SamplingConfig(temperature=0.8, top_p=0.9, top_k=7, max_new_tokens=6), GREEDY):
+        server.requests.clear()
+        llm.calls.clear()
+        colocated.generate(REQUESTS[:1], sampling, n=2)
+        remote.generate(REQUESTS[:1], sampling, n=2)
+        sent = vars(llm.calls[0])
+        body = next(r for r in server.requests if r["path"] == "/v1/completions")
+        assert set(SERVER_DEFAULTED) <= set(sent)
+        assert {k: body[k] for k in sent} == sent
+
+
+def test_colocated_mode_refuses_a_multiprocessing_engine(tiny_cfg, monkeypatch):
+    _fake_vllm(monkeypatch)
+    policy, tok = load_policy(tiny_cfg.model)
+    cfg = load_config(REPO / "configs" / "tiny.yaml", ["rollout.backend=vllm"])
+    llm = _FakeLLM(policy, tok)
+    VC.VLLMColocatedEngine(policy, tok, 64, cfg.rollout.vllm, cfg.model, max_model_len=128, llm=llm)
+    assert VC.os.environ[VC.MULTIPROCESSING_VAR] == "0"  # unset: kept in-process
+    monkeypatch.setenv(VC.MULTIPROCESSING_VAR, "1")
+    with pytest.raises(ValueError, match="VLLM_ENABLE_V1_MULTIPROCESSING=1 is set.*engine core in-process"):
+        VC.VLLMColocatedEngine(policy, tok, 64, cfg.rollout.vllm, cfg.model, max_model_len=128, llm=llm)
+
+
+def test_vllm_temperatures_above_two_are_refused_by_the_config():
+    with pytest.raises(ConfigError, match=r"rollout.defender.temperature=2.5: vLLM accepts temperatures in \[0, 2\]"):
+        load_config(None, ["rollout.backend=vllm", "rollout.defender.temperature=2.5"])
+    assert load_config(None, ["rollout.backend=vllm", "rollout.attacker.temperature=2.0"]).rollout.attacker.temperature == 2
+    assert load_config(None, ["rollout.defender.temperature=2.5"]).rollout.defender.temperature == 2.5  # HF: allowed
 
 
 def test_vllm_backend_needs_configs_and_the_extra(tiny_cfg, monkeypatch):

@@ -116,6 +116,16 @@ class RolloutConfig(_Strict):
     defender: SamplingConfig = SamplingConfig(max_new_tokens=64)
     vllm: VLLMRolloutConfig = VLLMRolloutConfig()
 
+    @model_validator(mode="after")
+    def _vllm_temperature_range(self) -> "RolloutConfig":
+        """vLLM's SamplingParams refuses temperatures above 2 (it checks [0, 2]); say so at load time."""
+        for role in ("attacker", "defender"):
+            t = getattr(self, role).temperature
+            if self.backend == "vllm" and t > 2.0:
+                raise ValueError(f"rollout.{role}.temperature={t}: vLLM accepts temperatures in [0, 2] "
+                                 "(rollout.backend=vllm)")
+        return self
+
 
 class HeldOutConfig(_Strict):
     """The items of a seed file that `ssp eval --benchmark generic:SUITE=FILE --limit N --seed S` evaluates on.

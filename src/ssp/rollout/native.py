@@ -169,7 +169,7 @@ class NativeRolloutEngine:
     @torch.no_grad()
     def _build_weights(self) -> None:
         """The decoding weights from the policy (LoRA merged, q/k/v and gate/up fused), in the engine's dtype."""
-        from ssp.rollout.vllm import export_weights
+        from ssp.rollout.weights import export_weights
 
         w = {name: t.to(self.dtype, copy=True) for name, t in export_weights(self.model, only_changed=False)}
         c = self.config

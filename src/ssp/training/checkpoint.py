@@ -2,12 +2,19 @@
 
 A checkpoint is written into a temporary folder, every file is hashed into `manifest.json`, and the
 folder is renamed into place. A folder without a manifest that verifies is never loaded.
+
+Under FSDP the format on disk is the same: weights and optimizer state are gathered into full
+tensors before rank 0 writes them (`full_model_state`, `full_optimizer_state`), and on resume the
+weights go into the plain model before `accelerator.prepare` shards it, the optimizer state is
+sharded like its parameters (`shard_optimizer_state`). So a checkpoint written by N processes
+resumes with M, sharded or not.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -18,7 +25,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ssp import parallel
 from ssp.fsutil import fsync_dir
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
@@ -39,7 +49,11 @@ def _sha256(path: Path) -> str:
 
 # -- optimizer state as safetensors + JSON -------------------------------------------------------
 def optimizer_to_files(optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    state = optimizer.state_dict()
+    optimizer_state_to_files(optimizer.state_dict(), folder)
+
+
+def optimizer_state_to_files(state: dict[str, Any], folder: Path) -> None:
+    """An optimizer state dict (full tensors, keyed by parameter index) as safetensors + JSON."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
     for idx, param_state in state["state"].items():
@@ -53,14 +67,100 @@ def optimizer_to_files(optimizer: torch.optim.Optimizer, folder: Path) -> None:
     (folder / "optimizer.json").write_text(json.dumps({"param_groups": state["param_groups"], "scalars": scalars}))
 
 
-def optimizer_from_files(optimizer: torch.optim.Optimizer, folder: Path) -> None:
+def optimizer_from_files(optimizer: torch.optim.Optimizer, folder: Path, model=None) -> None:
+    """`model`: the trained module, needed to recognise DeepSpeed's partitioned optimizer."""
+    if model is not None and _deepspeed_params(model):
+        # DeepSpeed creates its partitioned AdamW state lazily, at the first step, and offers no public way to
+        # fill it before then; its own loader reads its own (pickled) checkpoint format. So the moments restart.
+        log.warning("%s: resuming under DeepSpeed: weights, RNG, step and pool are restored, the AdamW moments "
+                    "restart from zero (a run resumed without DeepSpeed restores them too)", folder)
+        return
     tensors = load_file(folder / "optimizer.safetensors")
     meta = json.loads((folder / "optimizer.json").read_text())
     state: dict[int, dict[str, Any]] = {}
     for name, value in list(tensors.items()) + list(meta["scalars"].items()):
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    optimizer.load_state_dict(shard_optimizer_state(optimizer, {"state": state, "param_groups": meta["param_groups"]}))
+
+
+# -- sharded (FSDP2) models: gather on save, shard on load -------------------------------------------
+def full_model_state(model) -> dict[str, torch.Tensor] | None:
+    """The full state dict of a sharded model (FSDP2, DeepSpeed ZeRO-3), on the CPU (FSDP2: rank 0 only,
+    other ranks {}); None when the model is not sharded. A collective: every rank calls it."""
+    params = list(model.parameters())
+    if any(parallel.is_zero3(p) for p in params):
+        with parallel.zero3_gathered(params):  # one full copy, as for FSDP2's refresh
+            state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    elif parallel.fsdp_units(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        return None
+    # Tied parameters (lm_head = embeddings) come back as separate copies, which `save_pretrained` would then
+    # write twice; keep the first name of each, as an unsharded save does.
+    seen: set[int] = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            state.pop(name, None)
+        seen.add(id(p))
+    return state
+
+
+def _deepspeed_params(model) -> list[torch.Tensor]:
+    """The trainable parameters (the optimizer's order) when DeepSpeed's ZeRO optimizer owns their state."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return params if any(hasattr(p, "ds_id") or hasattr(p, "_hp_mapping") for p in params) else []
+
+
+def _zero_base_optimizer(optimizer):
+    """The torch optimizer inside accelerate's and DeepSpeed's wrappers (it holds flat partitions)."""
+    while not isinstance(optimizer, torch.optim.Optimizer) or hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+_ADAM_KEYS = ("exp_avg", "exp_avg_sq")  # AdamW's moments: what the trainer's optimizer keeps per parameter
+
+
+def full_optimizer_state(optimizer: torch.optim.Optimizer, model=None) -> dict[str, Any] | None:
+    """The optimizer's state dict with every sharded tensor gathered whole (FSDP2 DTensors; DeepSpeed ZeRO
+    partitions through DeepSpeed's `safe_get_full_optimizer_state`); None when nothing is sharded. Same keys
+    (parameter indices) and layout as an unsharded AdamW's. A collective."""
+    ds_params = _deepspeed_params(model) if model is not None else []
+    if ds_params:
+        from deepspeed.utils import safe_get_full_optimizer_state
+
+        base = _zero_base_optimizer(optimizer)
+        steps = [float(s["step"]) for s in base.state.values() if "step" in s]
+        group = {k: v for k, v in base.param_groups[0].items() if k != "params"}
+        return {"state": {i: {"step": torch.tensor(max(steps, default=0.0)),
+                              **{k: safe_get_full_optimizer_state(p, k).cpu() for k in _ADAM_KEYS}}
+                          for i, p in enumerate(ds_params)},
+                "param_groups": [{**group, "params": list(range(len(ds_params)))}]}
+    state = optimizer.state_dict()
+    if not any(hasattr(v, "full_tensor") for s in state["state"].values() for v in s.values()):
+        return None
+    return {"state": {idx: {k: parallel.full_tensor(v).cpu() if torch.is_tensor(v) else v for k, v in s.items()}
+                      for idx, s in state["state"].items()},
+            "param_groups": state["param_groups"]}
+
+
+def shard_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+    """Full optimizer tensors cut like their (FSDP2-sharded) parameters; unchanged for plain parameters."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not any(hasattr(p, "device_mesh") for p in params):
+        return state
+    from torch.distributed.tensor import distribute_tensor
+
+    sharded: dict[int, dict[str, Any]] = {}
+    for idx, s in state["state"].items():
+        p = params[int(idx)]
+        sharded[idx] = {k: distribute_tensor(v, p.device_mesh, p.placements)
+                        if torch.is_tensor(v) and hasattr(p, "device_mesh") and v.shape == p.shape else v
+                        for k, v in s.items()}
+    return {"state": sharded, "param_groups": state["param_groups"]}
 
 
 # -- RNG ----------------------------------------------------------------------------------------
@@ -103,12 +203,16 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, game_rng: random
         tmp.mkdir()
     barrier()
     rng_to_files(game_rng, tmp, rank)
+    weights, optimizer_state = full_model_state(model), full_optimizer_state(optimizer, model)  # collectives if sharded
     barrier()
     if rank != 0:
         barrier()
         return final
-    model.save_pretrained(tmp / "weights", safe_serialization=True)
-    optimizer_to_files(optimizer, tmp)
+    model.save_pretrained(tmp / "weights", safe_serialization=True, **({"state_dict": weights} if weights else {}))
+    if optimizer_state is None:
+        optimizer_to_files(optimizer, tmp)
+    else:  # gathered from shards above
+        optimizer_state_to_files(optimizer_state, tmp)
     pool.snapshot(tmp / "pool.sqlite")
     (tmp / "config.yaml").write_text(config_yaml, encoding="utf-8")
     (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))

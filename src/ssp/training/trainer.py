@@ -24,12 +24,14 @@ from ssp.game.prompts import (REFLECT_RATIONALE_CHARS, attacker_request, defende
 from ssp.game.seeds import load_benign_pool, load_seeds
 from ssp.judges.registry import build_judge
 from ssp.models.loader import load_policy, resolve_device
+from ssp.parallel import broadcast_parameters, full_tensor, zero3_gathered
 from ssp.replay.pool import ExperiencePool
 from ssp.rl.grpo import grpo_update, trainable
 from ssp.rollout.engines import build_rollout_engine
 from ssp.training import checkpoint as ckpt
 from ssp.training import tracking
-from ssp.training.distributed import Ranks, ShardedEngine, ShardedJudge
+from ssp.training.distributed import (Ranks, ShardedEngine, ShardedJudge, enable_sharding_on_cpu,
+                                      generation_context, keep_later_models_whole)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,7 @@ class Trainer:
 
     def _setup(self) -> None:
         from accelerate import Accelerator
+        from accelerate.utils import DistributedType
 
         cfg = self.cfg
         _check_output_dir(self.run_dir)
@@ -104,6 +107,8 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         device = resolve_device(cfg.run.device)
         self.accelerator = Accelerator(cpu=device.type == "cpu", **tracking.accelerator_kwargs(cfg, self.run_dir))
+        sharded = enable_sharding_on_cpu(self.accelerator) or self.accelerator.distributed_type in (
+            DistributedType.FSDP, DistributedType.DEEPSPEED)
         self.ranks = Ranks(self.accelerator)
         self.device = self.accelerator.device
         # The game RNG is the same on every rank (all ranks play the same global step); the torch RNG
@@ -127,28 +132,34 @@ class Trainer:
         self.reference = None
         if cfg.model.finetune == "full" and cfg.rl.kl_coef > 0:
             self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        if sharded:  # FSDP shards what each rank holds, and LoRA's init drew from the per-rank RNG
+            broadcast_parameters(model)
+        latest = ckpt.latest_checkpoint(self.run_dir) if self.resume else None
+        if latest is not None:  # into the plain model: `prepare` then shards it under FSDP
+            ckpt.load_weights(model, latest)
         self.params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.params, lr=cfg.rl.learning_rate, weight_decay=cfg.rl.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # FSDP replaced them with shards
+        keep_later_models_whole(self.accelerator)
         self.policy = self.accelerator.unwrap_model(self.model)  # generation and saving use the bare module
         self.engine = build_rollout_engine(cfg.rollout.backend, self.policy, self.tokenizer,
                                            cfg.model.max_prompt_tokens, cfg.rollout.batch_size, dtype=cfg.rollout.dtype,
                                            rollout=cfg.rollout, model_config=cfg.model, seed=cfg.run.seed)
         engine, judge = self.engine, self.judge
-        if self.ranks.world > 1:
-            engine, judge = ShardedEngine(engine, self.ranks), ShardedJudge(judge, self.ranks)
+        whole = generation_context(self.accelerator, self.model) if cfg.rollout.backend == "hf" else None
+        if self.ranks.world > 1 or whole is not None:
+            engine, judge = ShardedEngine(engine, self.ranks, whole), ShardedJudge(judge, self.ranks)
         self.game = SelfPlayGame(cfg, engine, judge, self.harmful, self.benign, load_strategy_hints(), embedder)
         self._check_prompt_budget()
 
         self.start_step = 0
         pool_path = self.run_dir / POOL_FILE
-        latest = ckpt.latest_checkpoint(self.run_dir) if self.resume else None
         if self.resume and latest is None:
             log.warning("--resume: no complete checkpoint in %s; starting from step 0", self.run_dir)
         self.pool = None  # the experience pool lives on rank 0 only
         if latest is not None:
-            ckpt.load_weights(self.policy, latest)
-            ckpt.optimizer_from_files(self.optimizer, latest)
+            ckpt.optimizer_from_files(self.optimizer, latest, self.policy)
             ckpt.rng_from_files(self.rng, latest, self.ranks.rank)
             self.start_step = json.loads((latest / "state.json").read_text())["step"]
             if self.ranks.is_main:
@@ -337,10 +348,11 @@ class Trainer:
     def _weights_digest(self) -> str:
         """sha256 over the trainable parameters: equal on every rank when gradients were synchronised."""
         h = hashlib.sha256()
-        for name, p in self.policy.named_parameters():
-            if p.requires_grad:
-                h.update(name.encode())
-                h.update(p.detach().float().cpu().numpy().tobytes())
+        with zero3_gathered(list(self.policy.parameters())):  # sharded (ZeRO-3, FSDP): gathered
+            for name, p in self.policy.named_parameters():
+                if p.requires_grad:
+                    h.update(name.encode())
+                    h.update(full_tensor(p).float().cpu().numpy().tobytes())
         return h.hexdigest()[:16]
 
     def _summary(self, rows: list[dict[str, Any]], last_ckpt: Path | None) -> dict[str, Any]:
@@ -362,5 +374,6 @@ class Trainer:
             "mean_benign_refusal": mean("benign_refusal"),
             "pool_size": rows[-1].get("pool/size") if rows else None,
             "world_size": self.ranks.world,
+            "distributed_type": str(self.accelerator.distributed_type).split(".")[-1],
             "metrics": str(self.run_dir / METRICS_FILE),
         }
