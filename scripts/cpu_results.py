@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from pathlib import Path
 from statistics import mean
@@ -480,11 +481,14 @@ def main(argv: list[str] | None = None) -> dict:
         table = merge(table, json.loads(args.out.read_text()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(table, indent=2))
-    for p in plot(table, rows, args.plots or args.out.with_suffix("")):
+    paths = plot(table, rows, args.plots or args.out.with_suffix(""))
+    for p in paths:
         print(f"wrote {p}")
     tables = markdown(table, rows)
     if args.page:
-        write_page(args.page, tables)
+        images = [f"![{title}]({os.path.relpath(p, args.page.parent)})"
+                  for p, title in zip(paths, ["held-out rates with 95% CIs", "training signals per step"])]
+        write_page(args.page, tables + "\n\n" + "\n\n".join(images))
         print(f"wrote the tables of {args.page}")
     print(tables)
     return table

@@ -8,6 +8,8 @@
 # each trained once per seed in SEEDS (run.seed; seed 0 is named VARIANT, others VARIANT-seedN), every model
 # evaluated on the same held-out data and attacks, and the tables written by scripts/cpu_results.py:
 #   SEEDS="0 1" PARALLEL=2 scripts/reproduce_cpu.sh
+# The first experiment's cold-start variants (ucb, uniform, none, static: no warm start) are still accepted:
+#   VARIANTS="ucb none uniform static" OUT=runs/cpu-experiment PAGE= PLOTS=docs/results/cpu-small ...
 #
 # The warm start is trained once per seed, and warm-X-seedN starts from warmstart-seedN: the seed spread of
 # every row then includes the warm start's own variance (what a user who reruns the pipeline sees), and the
@@ -29,20 +31,20 @@
 # Settings (environment): CONFIG (configs/cpu-small.yaml), VARIANTS, SEEDS, STEPS (run.max_steps override),
 # LIMIT (items per held-out suite, 50), PARALLEL, OUT (runs/cpu-warmstart), DATA (../shared/data),
 # EVAL_MODEL (embedded), SETS ("k=v k=v": more --set for ssp warmstart and ssp train), RESULTS
-# (docs/results/cpu-small.json), PAGE (docs/results-warmstart.md), PLOTS (docs/results/cpu-warmstart),
+# (docs/results/cpu-small.json), PAGE (docs/results-warmstart.md; empty: none), PLOTS (docs/results/cpu-warmstart),
 # SSP (.venv/bin/ssp) and PYTHON (.venv/bin/python), each may be a command with arguments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${CONFIG:-configs/cpu-small.yaml}
 DATA=${DATA:-../shared/data}
 LIMIT=${LIMIT:-50}
-VARIANTS=${VARIANTS:-"warm-ucb warm-uniform warm-none warm-static"}
+VARIANTS=${VARIANTS:-"warmstart warm-ucb warm-uniform warm-none warm-static"}
 SEEDS=${SEEDS:-"0 1"}
 PARALLEL=${PARALLEL:-2}
 OUT=${OUT:-runs/cpu-warmstart}
 EVAL_MODEL=${EVAL_MODEL:-embedded}
 RESULTS=${RESULTS:-docs/results/cpu-small.json}
-PAGE=${PAGE:-docs/results-warmstart.md}
+PAGE=${PAGE-docs/results-warmstart.md}
 PLOTS=${PLOTS:-docs/results/cpu-warmstart}
 read -ra SSP <<< "${SSP:-.venv/bin/ssp}"
 read -ra PYTHON <<< "${PYTHON:-.venv/bin/python}"
@@ -135,8 +137,12 @@ run_row() {  # one row, its output in $OUT/ROW.log
 
 # Warm starts first, then the rows of seed 0, seed 1, ...: a row rarely waits for its warm start's lock.
 rows=(base)
-for s in $SEEDS; do rows+=("$(seed_name warmstart "$s")"); done
-for s in $SEEDS; do for v in $VARIANTS; do rows+=("$(seed_name "$v" "$s")"); done; done
+for s in $SEEDS; do
+  if [[ " $VARIANTS " == *" warmstart "* ]]; then rows+=("$(seed_name warmstart "$s")"); fi
+done
+for s in $SEEDS; do for v in $VARIANTS; do
+  if [[ $v != warmstart ]]; then rows+=("$(seed_name "$v" "$s")"); fi
+done; done
 
 start=$SECONDS running=0 failed=()
 declare -A pid_row
@@ -166,7 +172,9 @@ for row in "${rows[@]}"; do
     evals+=("$OUT/eval-$row")
   fi
 done
-"${PYTHON[@]}" scripts/cpu_results.py "$RESULTS" --page "$PAGE" --plots "$PLOTS" --stages "$STAGES" "${collected[@]}"
+page=()
+[[ -n $PAGE ]] && page=(--page "$PAGE")
+"${PYTHON[@]}" scripts/cpu_results.py "$RESULTS" "${page[@]}" --plots "$PLOTS" --stages "$STAGES" "${collected[@]}"
 "${SSP[@]}" compare "${evals[@]}" --output "$OUT/compare.md" > "$OUT/compare.log" 2>&1 || true
 if (( ${#failed[@]} )); then
   echo "failed: ${failed[*]} (see $OUT/ROW.log); rerun the same command to resume" >&2

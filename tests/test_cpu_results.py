@@ -211,6 +211,7 @@ def test_json_page_plots_and_stages(experiment):
     assert "| warm-ucb | 5 | 5.0 | 10 | 5 | 0.38 | 0.25 | 0.50 | 0.00 |" in page  # training table
     assert "| warm-ucb | – | 2.5 | 0.5 |" in page  # stage minutes
     assert "| ucb |" not in page  # kept rows are not tabulated
+    assert "![held-out rates with 95% CIs](plot.png)" in page and "(plot-training.png)" in page
     assert (root / "plot.png").stat().st_size > 0 and (root / "plot-training.png").stat().st_size > 0
 
 
@@ -231,7 +232,7 @@ def test_reproduce_cpu_runs_end_to_end_on_tiny(tmp_path):
     python = f"{sys.executable} -m ssp"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
            "CONFIG": "configs/tiny.yaml", "EVAL_MODEL": "tiny", "LIMIT": "1", "STEPS": "1", "SEEDS": "0",
-           "VARIANTS": "warm-ucb", "PARALLEL": "2", "OUT": str(tmp_path / "out"), "RESULTS": str(tmp_path / "r.json"),
+           "VARIANTS": "warmstart warm-ucb", "PARALLEL": "2", "OUT": str(tmp_path / "out"), "RESULTS": str(tmp_path / "r.json"),
            "PAGE": str(page), "PLOTS": str(tmp_path / "plot"), "SSP": python, "PYTHON": sys.executable,
            "SETS": "warmstart.max_harmful=2 warmstart.harmful_tries=1 warmstart.max_benign=2 "
                    "game.borderline_seeds=builtin warmstart.max_borderline=2 warmstart.batch_size=4"}
