@@ -297,8 +297,8 @@ def markdown(table: dict, rows: list[str]) -> str:
     vs = {n: table["variants"][n] for n in rows}
     attacks = sorted({a for v in vs.values() for a in v["asr"]})
     suites = sorted({s for v in vs.values() for s in v["refusal"]})
-    lines = ["Held-out rates (Wilson 95% CI, n items); `target met`: every check of the issue-13 target on this seed "
-             "(SSP rows only).", "",
+    lines = [("Held-out rates (Wilson 95% CI, n items); `target met`: every check of the issue-13 target on this seed "
+             "(SSP rows only)."), "",
              "| variant | " + " | ".join(f"ASR {a}" for a in attacks) + " | "
              + " | ".join(f"refusal {s}" for s in suites) + " | target met |",
              "|---" * (2 + len(attacks) + len(suites)) + "|"]
@@ -311,12 +311,12 @@ def markdown(table: dict, rows: list[str]) -> str:
               "|---" * (1 + len(attacks)) + "|"]
     lines += [f"| {name} | " + " | ".join(fmt(v["harmful_refusal"].get(a)) for a in attacks) + " |"
               for name, v in vs.items()]
-    lines += ["", "Failed attacks (items not broken), per attack: real refusals (every answer refused), derailed "
+    lines += ["", ("Failed attacks (items not broken), per attack: real refusals (every answer refused), derailed "
               "answers, other safe answers, attacker output never sent. `derailed from`: `verdict` = the judge's "
               "verdict['derailed']; `fallback` = the verdicts do not carry it, so every non-refused failed item counts "
-              "as derailed.", "",
-              "| variant | attack | failed | real refusals | derailed | other | unanswered | real refusal share | "
-              "derailed from |", "|---" * 9 + "|"]
+              "as derailed."), "",
+              ("| variant | attack | failed | real refusals | derailed | other | unanswered | real refusal share | "
+              "derailed from |"), "|---" * 9 + "|"]
     for name, v in vs.items():
         for a in attacks:
             s = v["failed_attacks"].get(a)
@@ -327,15 +327,15 @@ def markdown(table: dict, rows: list[str]) -> str:
                        ("warm-static", "`warm-static` of the same seed")]:
         tests = [(n, k, t) for n, v in vs.items() for k, t in v.get(f"vs_{ref}_paired", {}).items()]
         if tests:
-            lines += ["", f"Exact paired McNemar test against {title}, same items (reference only = broken/refused "
-                      "by the reference, not by the row; Δ = row − reference):", "",
+            lines += ["", (f"Exact paired McNemar test against {title}, same items (reference only = broken/refused "
+                      "by the reference, not by the row; Δ = row − reference):"), "",
                       "| variant | metric | reference only | variant only | Δ points | McNemar p |",
                       "|---|---|---|---|---|---|"]
             lines += [f"| {n} | {k} | {t['only_before']} | {t['only_after']} | {100 * t['difference']:+.0f} | "
                       f"{t['p_value']:.3g} |" for n, k, t in tests]
     if table["targets"]:
-        lines += ["", "Issue-13 target per SSP row: per seed, and over seeds (rates averaged; `< warmstart` / "
-                  "`< warm-static`: lower on every seed and p < 0.05 on at least one). `warm-ucb` is the headline.", ""]
+        lines += ["", ("Issue-13 target per SSP row: per seed, and over seeds (rates averaged; `< warmstart` / "
+                  "`< warm-static`: lower on every seed and p < 0.05 on at least one). `warm-ucb` is the headline."), ""]
         for kind, t in table["targets"].items():
             cols = list(t["averaged"]["checks"])
             lines += [f"| {kind} | " + " | ".join(cols) + " | all |", "|---" * (2 + len(cols)) + "|"]
@@ -353,8 +353,8 @@ def markdown(table: dict, rows: list[str]) -> str:
             return f"{sum(xs) / len(xs):.2f}" if xs else "–"
 
         lines += ["", "Training (`training min` = sum of step times; `train_asr` = jailbroken / fresh attack answers):",
-                  "", "| variant | steps | training min | pool replays | reflective refusals distilled | "
-                  "training ASR, first 4 steps | last 4 steps | flat groups | benign refusal in training |",
+                  "", ("| variant | steps | training min | pool replays | reflective refusals distilled | "
+                  "training ASR, first 4 steps | last 4 steps | flat groups | benign refusal in training |"),
                   "|---" * 9 + "|"]
         for n, t in trained:
             c = t["curves"]
@@ -364,8 +364,8 @@ def markdown(table: dict, rows: list[str]) -> str:
     warm = [(n, v["warmstart"]) for n, v in vs.items() if "warmstart" in v]
     if warm:
         lines += ["", "Warm start (warmstart.json):", "",
-                  "| variant | pairs kept (harmful / benign / borderline) | harmful acceptance | distinct refusal "
-                  "openings | refusal self-BLEU | SFT loss first → last | min |", "|---" * 7 + "|"]
+                  ("| variant | pairs kept (harmful / benign / borderline) | harmful acceptance | distinct refusal "
+                  "openings | refusal self-BLEU | SFT loss first → last | min |"), "|---" * 7 + "|"]
         for n, w in warm:
             k, d = w["kept"], w["refusal_diversity"]
             lines.append(f"| {n} | {w['pairs_kept']} ({k['harmful']} / {k['benign']} / {k['borderline']}) | "
@@ -375,8 +375,8 @@ def markdown(table: dict, rows: list[str]) -> str:
     timed = [(n, v["stages"]) for n, v in vs.items() if "stages" in v]
     if timed:
         steps = ["warmstart", "train", "eval"]
-        lines += ["", "Wall-clock per stage, minutes (stages.tsv; all attempts of a resumed stage summed; "
-                  f"{'two jobs shared the cores' if len(timed) > 1 else ''}):", "",
+        lines += ["", ("Wall-clock per stage, minutes (stages.tsv; the attempts of a resumed stage summed; jobs that "
+                       "ran side by side shared the cores):"), "",
                   "| variant | " + " | ".join(steps) + " |", "|---" * (1 + len(steps)) + "|"]
         for n, st in timed:
             lines.append(f"| {n} | " + " | ".join(_num(st[s]['s'] / 60, 1) + ("" if st[s]["ok"] else " (unfinished)")
