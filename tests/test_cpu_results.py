@@ -225,13 +225,13 @@ def test_page_without_markers_is_an_error(tmp_path):
 # ------------------------------------------------------------------------------------------ reproduce_cpu.sh
 
 
-def test_reproduce_cpu_runs_end_to_end_on_tiny(tmp_path):
+def test_reproduce_cpu_runs_end_to_end_on_tiny(tmp_path, shared_data):
     """The whole script on the tiny model: base, warm start, one SSP row, results; a rerun skips every stage."""
     page = tmp_path / "page.md"
     page.write_text(f"{cpu_results.TABLES_BEGIN}\n{cpu_results.TABLES_END}\n")
     python = f"{sys.executable} -m ssp"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
-           "CONFIG": "configs/tiny.yaml", "EVAL_MODEL": "tiny", "LIMIT": "1", "STEPS": "1", "SEEDS": "0",
+           "CONFIG": "configs/tiny.yaml", "DATA": str(shared_data), "EVAL_MODEL": "tiny", "LIMIT": "1", "STEPS": "1", "SEEDS": "0",
            "VARIANTS": "warmstart warm-ucb", "PARALLEL": "2", "OUT": str(tmp_path / "out"), "RESULTS": str(tmp_path / "r.json"),
            "PAGE": str(page), "PLOTS": str(tmp_path / "plot"), "SSP": python, "PYTHON": sys.executable,
            "SETS": "warmstart.max_harmful=2 warmstart.harmful_tries=1 warmstart.max_benign=2 "
