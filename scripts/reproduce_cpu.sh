@@ -1,70 +1,182 @@
 #!/usr/bin/env bash
-# The CPU experiment (docs/results.md): train each variant on the embedded default model, evaluate it
-# on held-out data, and collect the table into docs/results/cpu-small.json.
-#   LIMIT=50 VARIANTS="ucb none uniform static" SEEDS="0" PARALLEL=2 scripts/reproduce_cpu.sh
-# SEEDS="0 1" trains every variant once per seed (run.seed); seed 0 is named VARIANT, others VARIANT-seedN.
-# Held out from training: HarmBench standard behaviours, XSTest safe prompts, ../shared/data benign
-# instructions (training uses the package's own seeds). The static baseline trains on three templates
-# that the template attack does not use. Every variant uses configs/cpu-small.yaml's budget
-# (run.max_steps), unless STEPS overrides it. PARALLEL=2 runs two variants at a time with one torch
-# thread each (on 2 cores that is faster than one job with two threads). Interrupted runs resume: the
-# trainer continues from its last checkpoint and the evaluation from its last finished item.
+# The CPU experiment with a warm start (issue 13; docs/results-warmstart.md): on the embedded default model,
+#   base          the model as shipped (evaluated only)
+#   warmstart     `ssp warmstart` on the preset: self-distilled refusals and plain answers, no self-play
+#   warm-ucb, warm-uniform, warm-none
+#                 `ssp train` from the warm start (model.init_from) with replay.mode ucb / uniform / none
+#   warm-static   the static-template baseline (game.attacker=static) from the warm start, same RL budget
+# each trained once per seed in SEEDS (run.seed; seed 0 is named VARIANT, others VARIANT-seedN), every model
+# evaluated on the same held-out data and attacks, and the tables written by scripts/cpu_results.py:
+#   SEEDS="0 1" PARALLEL=2 scripts/reproduce_cpu.sh
+# The first experiment's cold-start variants (ucb, uniform, none, static: no warm start) are still accepted:
+#   VARIANTS="ucb none uniform static" OUT=runs/cpu-experiment PAGE= PLOTS=docs/results/cpu-small ...
+#
+# The warm start is trained once per seed, and warm-X-seedN starts from warmstart-seedN: the seed spread of
+# every row then includes the warm start's own variance (what a user who reruns the pipeline sees), and the
+# paired tests of an SSP row against `warmstart` compare a model with the very weights it started from.
+# It costs one extra warm start per seed (~15 min each on 2 cores).
+#
+# Held out from training: HarmBench standard behaviours, XSTest safe prompts, a slice of ../shared/data's benign
+# instructions (the preset's benign pool is the rest of that file, game.benign_held_out). Attacks: direct,
+# template (three packaged templates the static baseline does not train on), self (the model's own Attacker);
+# Defender greedy, 64 new tokens, heuristic judge: the same evaluation as the first experiment (docs/results.md).
+#
+# Resumable: each stage (warm start, training, evaluation of one row) leaves a marker in $OUT/done/ when it
+# finishes and is skipped next time; an interrupted training resumes from its last checkpoint, an evaluation
+# from its last finished item, a warm start starts again. A stage that finished with another command (other
+# STEPS, SETS, LIMIT...) stops the script: use another OUT. Each stage's wall-clock is appended to
+# $OUT/stages.tsv (row, stage, seconds, exit status, finished at), which the tables report.
+# PARALLEL=2 runs two rows at a time with one torch thread each (on 2 cores faster than one job with two).
+#
+# Settings (environment): CONFIG (configs/cpu-small.yaml), VARIANTS, SEEDS, STEPS (run.max_steps override),
+# LIMIT (items per held-out suite, 50), PARALLEL, OUT (runs/cpu-warmstart), DATA (../shared/data),
+# EVAL_MODEL (embedded), SETS ("k=v k=v": more --set for ssp warmstart and ssp train), RESULTS
+# (docs/results/cpu-small.json), PAGE (docs/results-warmstart.md; empty: none), PLOTS (docs/results/cpu-warmstart),
+# SSP (.venv/bin/ssp) and PYTHON (.venv/bin/python), each may be a command with arguments.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+CONFIG=${CONFIG:-configs/cpu-small.yaml}
 DATA=${DATA:-../shared/data}
 LIMIT=${LIMIT:-50}
-VARIANTS=${VARIANTS:-"ucb none uniform static"}
-SEEDS=${SEEDS:-0}
-PARALLEL=${PARALLEL:-1}
-OUT=${OUT:-runs/cpu-experiment}
-SSP=${SSP:-.venv/bin/ssp}
+VARIANTS=${VARIANTS:-"warmstart warm-ucb warm-uniform warm-none warm-static"}
+SEEDS=${SEEDS:-"0 1"}
+PARALLEL=${PARALLEL:-2}
+OUT=${OUT:-runs/cpu-warmstart}
+EVAL_MODEL=${EVAL_MODEL:-embedded}
+RESULTS=${RESULTS:-docs/results/cpu-small.json}
+PAGE=${PAGE-docs/results-warmstart.md}
+PLOTS=${PLOTS:-docs/results/cpu-warmstart}
+read -ra SSP <<< "${SSP:-.venv/bin/ssp}"
+read -ra PYTHON <<< "${PYTHON:-.venv/bin/python}"
+read -ra EXTRA_SETS <<< "${SETS:-}"
 if [[ $PARALLEL -gt 1 ]]; then THREADS=${THREADS:-1}; else THREADS=${THREADS:-$(nproc)}; fi
-EVAL_TEMPLATES="--template roleplay_novelist --template prefix_injection --template research_purpose"
+EVAL_TEMPLATES=(--template roleplay_novelist --template prefix_injection --template research_purpose)
 STATIC_TEMPLATES="[hypothetical_world,developer_mode,refusal_suppression]"
-mkdir -p "$OUT"
+STAGES=$OUT/stages.tsv
+mkdir -p "$OUT/done"
 
-evaluate() {  # evaluate NAME [ssp eval options...]
-  local name=$1; shift
-  "$SSP" eval --model embedded "$@" \
+stage() {  # stage ROW STEP COMMAND...: run COMMAND unless it finished before; log its wall-clock to $STAGES
+  local row=$1 step=$2; shift 2
+  local marker="$OUT/done/$row.$step" key
+  # what the result depends on: not the threads, nor whether an interrupted run resumes
+  key=$(printf '%q ' "$@" | sed -E 's/(--threads |run\.threads=)[0-9]+//g; s/ --resume / /')
+  if [[ -f $marker ]]; then
+    if [[ $(<"$marker") == "$key" ]]; then echo "$row $step: finished earlier, skipped"; return 0; fi
+    echo "$row $step finished earlier with another command (see $marker); use another OUT" >&2
+    return 3
+  fi
+  local start=$SECONDS rc=0
+  echo "$row $step: $key"
+  "$@" || rc=$?
+  printf '%s\t%s\t%d\t%d\t%s\n' "$row" "$step" $((SECONDS - start)) "$rc" "$(date -u +%FT%TZ)" >> "$STAGES"
+  if (( rc == 0 )); then printf '%s' "$key" > "$marker"; fi
+  return $rc
+}
+
+seed_name() {  # seed_name KIND SEED -> KIND or KIND-seedN
+  if [[ $2 == 0 ]]; then echo "$1"; else echo "$1-seed$2"; fi
+}
+
+sets() {  # the --set options shared by the warm start and training of one seed
+  local seed=$1 kv
+  printf '%s\n' --set "run.seed=$seed" --set "run.threads=$THREADS"
+  for kv in "${EXTRA_SETS[@]}"; do printf '%s\n' --set "$kv"; done
+}
+
+warm_start() {  # warm_start SEED: train warmstart[-seedN] once; rows that start from it wait for it (a lock)
+  local seed=$1 name opts
+  name=$(seed_name warmstart "$seed")
+  mapfile -t opts < <(sets "$seed")
+  (
+    flock 9
+    stage "$name" warmstart "${SSP[@]}" warmstart -c "$CONFIG" -o "$OUT/train-$name" --quiet "${opts[@]}"
+  ) 9> "$OUT/done/.lock-$name"
+}
+
+evaluate() {  # evaluate ROW [ssp eval options...]
+  local row=$1; shift
+  stage "$row" eval "${SSP[@]}" eval --model "$EVAL_MODEL" "$@" \
     --benchmark harmbench="$DATA/harmbench_behaviors_text_val.csv" \
     --benchmark xstest:safe="$DATA/xstest_prompts.csv" \
     --benchmark generic:benign="$DATA/benign_instructions.jsonl" \
     --benchmark-option benign.kind=benign --benchmark-option benign.prompt=instruction \
-    --attack direct --attack self --attack template $EVAL_TEMPLATES --self-samples 2 \
+    --attack direct --attack self --attack template "${EVAL_TEMPLATES[@]}" --self-samples 2 \
     --judge heuristic --max-new-tokens 64 --attacker-max-new-tokens 64 --accept-truncated-attacks \
-    --limit "$LIMIT" --threads "$THREADS" --quiet --output "$OUT/eval-$name"
+    --limit "$LIMIT" --threads "$THREADS" --quiet --output "$OUT/eval-$row"
 }
 
-variant() {  # train and evaluate one variant (NAME or NAME-seedN); its log goes to $OUT/NAME.log
-  local name=$1 kind=${1%-seed*} seed=0 extra
-  [[ $name == *-seed* ]] && seed=${name##*-seed}
-  case $kind in
-    ucb|none|uniform|priority) extra=(--set "replay.mode=$kind") ;;
+train() {  # train ROW: the SSP or static run of one row (KIND or KIND-seedN), from its seed's warm start
+  local row=$1 kind=${1%-seed*} seed=0 extra opts
+  [[ $row == *-seed* ]] && seed=${row##*-seed}
+  case ${kind#warm-} in
+    ucb|none|uniform|priority) extra=(--set "replay.mode=${kind#warm-}") ;;
     static) extra=(--set game.attacker=static --set "game.static_template_names=$STATIC_TEMPLATES") ;;
-    *) echo "unknown variant $name" >&2; return 2 ;;
+    *) echo "unknown variant $row" >&2; return 2 ;;
   esac
-  extra+=(--set "run.seed=$seed")
+  if [[ $kind == warm-* ]]; then
+    warm_start "$seed" || return
+    extra+=(--set "model.init_from=$OUT/train-$(seed_name warmstart "$seed")")
+  fi
   [[ -n ${STEPS:-} ]] && extra+=(--set "run.max_steps=$STEPS")
+  mapfile -t opts < <(sets "$seed")
   local resume=()
-  [[ -f $OUT/train-$name/config.yaml ]] && resume=(--resume)
-  "$SSP" train -c configs/cpu-small.yaml -o "$OUT/train-$name" --quiet "${resume[@]}" \
-    --set "run.threads=$THREADS" "${extra[@]}"
-  evaluate "$name" --adapter "$OUT/train-$name"
+  [[ -f $OUT/train-$row/config.yaml ]] && resume=(--resume)
+  stage "$row" train "${SSP[@]}" train -c "$CONFIG" -o "$OUT/train-$row" --quiet "${resume[@]}" "${opts[@]}" \
+    "${extra[@]}"
 }
 
-names=(base)
-for v in $VARIANTS; do for s in $SEEDS; do
-  if [[ $s == 0 ]]; then names+=("$v"); else names+=("$v-seed$s"); fi
-done; done
-run_one() { if [[ $1 == base ]]; then evaluate base; else variant "$1"; fi > "$OUT/$1.log" 2>&1; }
-running=0
-for name in "${names[@]}"; do
-  run_one "$name" &
-  running=$((running + 1))
-  if (( running >= PARALLEL )); then wait -n; running=$((running - 1)); fi
+run_row() {  # one row, its output in $OUT/ROW.log
+  local row=$1 seed=0
+  [[ $row == *-seed* ]] && seed=${row##*-seed}
+  case $row in
+    base) evaluate base ;;
+    warmstart|warmstart-seed*) warm_start "$seed" && evaluate "$row" --adapter "$OUT/train-$row" ;;
+    *) train "$row" && evaluate "$row" --adapter "$OUT/train-$row" ;;
+  esac >> "$OUT/$row.log" 2>&1
+}
+
+# Warm starts first, then the rows of seed 0, seed 1, ...: a row rarely waits for its warm start's lock.
+rows=(base)
+for s in $SEEDS; do
+  if [[ " $VARIANTS " == *" warmstart "* ]]; then rows+=("$(seed_name warmstart "$s")"); fi
 done
-wait
-collected=()
-for name in "${names[@]}"; do collected+=("$name=$OUT/eval-$name:$OUT/train-$name"); done
-.venv/bin/python scripts/cpu_results.py docs/results/cpu-small.json "${collected[@]}"
-"$SSP" compare "$OUT"/eval-* --output "$OUT/compare.md" || true
+for s in $SEEDS; do for v in $VARIANTS; do
+  if [[ $v != warmstart ]]; then rows+=("$(seed_name "$v" "$s")"); fi
+done; done
+
+start=$SECONDS running=0 failed=()
+declare -A pid_row
+for row in "${rows[@]}"; do
+  run_row "$row" &
+  pid_row[$!]=$row
+  running=$((running + 1))
+  if (( running >= PARALLEL )); then
+    wait -n -p done_pid || failed+=("${pid_row[$done_pid]}")
+    running=$((running - 1))
+  fi
+done
+while (( running > 0 )); do
+  wait -n -p done_pid || failed+=("${pid_row[$done_pid]}")
+  running=$((running - 1))
+done
+printf '%s\t%s\t%d\t%d\t%s\n' all run $((SECONDS - start)) "${#failed[@]}" "$(date -u +%FT%TZ)" >> "$STAGES"
+
+if [[ ! -f $OUT/done/base.eval ]]; then
+  echo "the base model's evaluation did not finish (see $OUT/base.log); rerun the same command to resume" >&2
+  exit 1
+fi
+collected=() evals=()
+for row in "${rows[@]}"; do
+  if [[ -f $OUT/done/$row.eval ]]; then
+    collected+=("$row=$OUT/eval-$row:$OUT/train-$row")
+    evals+=("$OUT/eval-$row")
+  fi
+done
+page=()
+[[ -n $PAGE ]] && page=(--page "$PAGE")
+"${PYTHON[@]}" scripts/cpu_results.py "$RESULTS" "${page[@]}" --plots "$PLOTS" --stages "$STAGES" "${collected[@]}"
+"${SSP[@]}" compare "${evals[@]}" --output "$OUT/compare.md" > "$OUT/compare.log" 2>&1 || true
+if (( ${#failed[@]} )); then
+  echo "failed: ${failed[*]} (see $OUT/ROW.log); rerun the same command to resume" >&2
+  exit 1
+fi
