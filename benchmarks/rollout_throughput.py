@@ -1,22 +1,28 @@
-"""Rollout throughput: generated tokens/s of ssp's HF engine vs plain `model.generate`, and the ceiling.
+"""Rollout throughput against this machine's bf16 and fp32 matmul ceilings, and bf16-vs-fp32 greedy agreement.
 
-    python benchmarks/rollout_throughput.py           # SmolLM2-135M, batch 1, 2, 4, ..., 64
-    python benchmarks/rollout_throughput.py --quick   # tiny random model, batch 1, 2, 4 (CI)
+    python benchmarks/rollout_throughput.py                      # SmolLM2-135M, batch 16 64 128 256
+    python benchmarks/rollout_throughput.py --batch 64 --repeats 1 --output /tmp/b64.json   # one size, quickly
+    python benchmarks/rollout_throughput.py --quick              # tiny random model (CI smoke run)
 
-For each batch size B, B packaged benign instructions (the Defender's seed prompts, chat template
-applied) are continued by sampling (temperature 1, top-p 1: the default `rollout.defender`) up to
-`--max-new-tokens` tokens, by
-  * engine  `HFRolloutEngine(model, tok, batch_size=B).generate(requests, sampling)` (ssp), and
-  * plain   `model.generate(**tokenizer(texts, padding=True), do_sample=True, max_new_tokens=…)`,
-alternating, `--repeats` times each. Tokens counted = generated tokens up to and including the
-first end-of-turn of each row (the useful ones; the same rule for both). Prefill time is included.
+For each batch size B, B packaged benign instructions (chat template applied) are continued by sampling at
+the CPU preset's settings (temperature 0.7, top-p 0.9) up to `--max-new-tokens` tokens, by
+  * native  ssp's own decoder (`NativeRolloutEngine`, bf16 weight copy, static KV cache, slot refill) —
+            the engine `rollout.backend: auto` picks on CPU;
+  * hf-fp32 the previous engine (`HFRolloutEngine`: transformers `generate` on the fp32 training model);
+  * plain   `model.generate(**tokenizer(texts, padding=True), do_sample=True, …)` in fp32,
+alternating, `--repeats` times each (`--no-plain` / `--no-hf` skip the slow ones at large B). Tokens counted =
+generated tokens up to and including the first end-of-turn of each row (the useful ones); prefill included.
 
-The arithmetic ceiling: generating one token costs at least 2·N floating-point operations (N =
-parameters; the tied embedding counted once, as the LM head matmul), so tokens/s ≤ F / (2·N) with F
-= the machine's fp32 matmul rate, measured here by timing a 4096² `torch.matmul` (best of 3) before
-every batch size; F = the best over the run. Attention and everything else are ignored, so the
-ceiling is an upper bound. Headline: `best_fraction_of_ceiling` = best median tokens/s of the engine
-over all B ÷ ceiling (target ≥ 0.5).
+Ceilings: generating one token costs at least 2·N FLOPs (N = parameters, the tied embedding counted once, as
+the LM-head matmul), so tokens/s ≤ F / (2·N) with F the best square-matmul rate (2048², best of 3) in that
+dtype, measured before every batch size. Headline: `best_fraction_of_ceiling` = the native engine's best
+median tokens/s ÷ the bf16 ceiling (target ≥ 0.30, i.e. ≥ 1,500 tok/s here); `speedup_vs_plain_generate_fp32`
+= native ÷ plain at batch 64 (target ≥ 8).
+
+Agreement (`--agreement N`, default 32 prompts, 64 tokens, greedy): the native bf16 engine against the native
+fp32 engine (itself token-identical to transformers in the tests), as (a) teacher-forced next-token agreement:
+the share of positions of the fp32 greedy continuation where the bf16 model's argmax is the same token, and
+(b) free-running agreement: the share of fp32 tokens before each row's first divergence.
 """
 
 from __future__ import annotations
@@ -33,12 +39,13 @@ import common  # noqa: E402
 import torch  # noqa: E402
 
 NAME = "rollout_throughput"
-TARGET_FRACTION = 0.5
+TARGET_FRACTION = 0.30
+TARGET_SPEEDUP = 8.0
 
 
-def matmul_flops(n: int = 4096, repeats: int = 3) -> float:
-    """Best fp32 matmul rate (FLOP/s) over `repeats` n×n products."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 3) -> float:
+    """Best matmul rate (FLOP/s) over `repeats` n×n products in `dtype`."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.matmul(a, b)  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -48,20 +55,18 @@ def matmul_flops(n: int = 4096, repeats: int = 3) -> float:
     return 2 * n**3 / best
 
 
-def load_model(quick: bool, lora: bool = False):
+def load_model(quick: bool):
     from ssp.config import ModelConfig
-    from ssp.models.loader import load_base_model, load_policy
+    from ssp.models.loader import load_base_model
 
-    cfg = ModelConfig(name_or_path="tiny" if quick else "embedded", finetune="lora" if lora else "full")
-    model, tok = load_policy(cfg) if lora else load_base_model(cfg)
+    model, tok = load_base_model(ModelConfig(name_or_path="tiny" if quick else "embedded", finetune="full"))
     return model.eval(), tok
 
 
 def prompts(n: int) -> list[str]:
     from ssp.game.seeds import load_seeds
 
-    seeds = load_seeds("builtin", "benign")
-    texts = [s.text for s in seeds]
+    texts = [s.text for s in load_seeds("builtin", "benign")]
     return [texts[i % len(texts)] for i in range(n)]
 
 
@@ -77,50 +82,96 @@ def useful_tokens(rows: list[list[int]], eos: set[int]) -> int:
     return total
 
 
-def run_engine(model, tok, texts: list[str], max_new: int, fast_sampling: bool = True) -> tuple[int, float]:
+def sampling_config(max_new: int, temperature: float = 0.7, top_p: float = 0.9):
     from ssp.config import SamplingConfig
-    from ssp.rollout.base import ChatRequest
-    from ssp.rollout.hf import HFRolloutEngine
 
-    engine = HFRolloutEngine(model, tok, max_prompt_tokens=768, batch_size=len(texts), fast_sampling=fast_sampling)
+    return SamplingConfig(temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=max_new)
+
+
+def run_engine(engine, texts: list[str], sampling) -> tuple[int, float]:
+    from ssp.rollout.base import ChatRequest
+
     reqs = [ChatRequest([{"role": "user", "content": t}]) for t in texts]
     t = time.perf_counter()
-    out = engine.generate(reqs, SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new))
+    out = engine.generate(reqs, sampling)
     dt = time.perf_counter() - t
     return sum(len(c.completion_ids) for group in out for c in group), dt
 
 
-def run_plain(model, tok, texts: list[str], max_new: int, eos: set[int]) -> tuple[int, float]:
+def run_plain(model, tok, texts: list[str], sampling, eos: set[int]) -> tuple[int, float]:
     tok.padding_side = "left"
     chats = [tok.apply_chat_template([{"role": "user", "content": x}], tokenize=False, add_generation_prompt=True)
              for x in texts]
     t = time.perf_counter()
     enc = tok(chats, padding=True, add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=None, max_new_tokens=max_new,
-                             pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos))
+        out = model.generate(**enc, do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
+                             top_k=None, max_new_tokens=sampling.max_new_tokens, pad_token_id=tok.pad_token_id,
+                             eos_token_id=sorted(eos))
     rows = out[:, enc["input_ids"].shape[1]:].tolist()
     dt = time.perf_counter() - t
     return useful_tokens(rows, eos), dt
 
 
+@torch.no_grad()
+def agreement(model, tok, n_prompts: int, max_new: int) -> dict:
+    """bf16 vs fp32 greedy decoding of the native engine: teacher-forced and free-running token agreement."""
+    from ssp.rollout.base import ChatRequest
+    from ssp.rollout.native import NativeRolloutEngine
+
+    greedy = sampling_config(max_new, temperature=0.0)
+    reqs = [ChatRequest([{"role": "user", "content": t}]) for t in prompts(n_prompts)]
+    fp32 = NativeRolloutEngine(model, tok, 768, batch_size=n_prompts, dtype="float32")
+    bf16 = NativeRolloutEngine(model, tok, 768, batch_size=n_prompts, dtype="bfloat16")
+    ref = [g[0] for g in fp32.generate(reqs, greedy)]
+    got = [g[0] for g in bf16.generate(reqs, greedy)]
+    free = total = forced = 0
+    bf16_model = _bf16_copy(model)
+    for r, g in zip(ref, got):
+        x, y = r.completion_ids, g.completion_ids
+        k = next((j for j in range(min(len(x), len(y))) if x[j] != y[j]), min(len(x), len(y)))
+        free += k
+        total += len(x)
+        seq = torch.tensor([r.prompt_ids + x])
+        logits = bf16_model(input_ids=seq).logits[0, len(r.prompt_ids) - 1: -1].float()
+        forced += int((logits.argmax(-1) == torch.tensor(x)).sum())
+    return {"prompts": n_prompts, "max_new_tokens": max_new, "tokens": total,
+            "teacher_forced_agreement": forced / total, "free_running_agreement": free / total,
+            "rows_identical": sum(r.completion_ids == g.completion_ids for r, g in zip(ref, got)),
+            "reference": "native engine, fp32 weights (token-identical to transformers' greedy generate in tests)",
+            "teacher_forced_model": "transformers forward with bf16 weights"}
+
+
+def _bf16_copy(model):
+    import copy
+
+    return copy.deepcopy(model).to(torch.bfloat16).eval()
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = common.base_parser(NAME, __doc__)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default 1 2 4 8 16 32 64 (quick: 1 2 4)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default 48 (quick: 8)")
+    p.add_argument("--batch", "--batch-sizes", dest="batch_sizes", type=int, nargs="+", default=None,
+                   help="batch sizes (default 16 64 128 256; quick: 2 4)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default 64 (quick: 8)")
     p.add_argument("--repeats", type=int, default=None, help="runs per batch size and engine (default 2; quick 1)")
-    p.add_argument("--no-plain", action="store_true", help="measure the engine only")
-    p.add_argument("--sampling-ablation", action="store_true",
-                   help="also run the engine with torch.multinomial sampling (fast_sampling=False), alternating")
+    p.add_argument("--no-plain", action="store_true", help="skip plain generate")
+    p.add_argument("--no-hf", action="store_true", help="skip the previous (HF fp32) engine")
+    p.add_argument("--agreement", type=int, default=None, help="prompts for the bf16/fp32 agreement (default 32; "
+                   "quick 4; 0 skips)")
     args = p.parse_args(argv)
     common.apply_threads(args.threads)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     machine = common.machine_info()
     common.print_machine(machine)
-    sizes = args.batch_sizes or ([1, 2, 4] if args.quick else [1, 2, 4, 8, 16, 32, 64])
-    max_new = args.max_new_tokens or (8 if args.quick else 48)
+    sizes = args.batch_sizes or ([2, 4] if args.quick else [16, 64, 128, 256])
+    max_new = args.max_new_tokens or (8 if args.quick else 64)
     repeats = args.repeats or (1 if args.quick else 2)
+    n_agree = args.agreement if args.agreement is not None else (4 if args.quick else 32)
+    sampling = sampling_config(max_new)
     t_start = time.perf_counter()
+
+    from ssp.rollout.hf import HFRolloutEngine
+    from ssp.rollout.native import NativeRolloutEngine
 
     torch.manual_seed(0)
     model, tok = load_model(args.quick)
@@ -129,65 +180,89 @@ def main(argv: list[str] | None = None) -> dict:
     eos |= set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
                else [model.generation_config.eos_token_id])
     texts = prompts(max(sizes))
-    run_engine(model, tok, texts[:2], 4)  # warm-up (first-call allocations, lazy imports)
-    run_plain(model, tok, texts[:2], 4, eos)
+    t = time.perf_counter()
+    native = NativeRolloutEngine(model, tok, 768, batch_size=max(sizes), dtype="bfloat16")
+    run_engine(native, texts[:2], sampling_config(4))  # warm-up, and the bf16 weight copy is built here
+    weight_copy_s = time.perf_counter() - t
+    run_plain(model, tok, texts[:2], sampling_config(4), eos)
 
-    results, flops_seen = [], []
+    results, f32_seen, bf16_seen = [], [], []
     for b in sizes:
-        flops_seen.append(matmul_flops())
-        rec = {"batch_size": b, "matmul_flops_before": flops_seen[-1], "engine": [], "plain": [], "engine_multinomial": []}
+        f32_seen.append(matmul_flops(torch.float32))
+        bf16_seen.append(matmul_flops(torch.bfloat16))
+        native.batch_size = b
+        hf = HFRolloutEngine(model, tok, 768, batch_size=b)
+        rec = {"batch_size": b, "matmul_flops_fp32_before": f32_seen[-1], "matmul_flops_bf16_before": bf16_seen[-1],
+               "native": [], "hf_fp32": [], "plain": []}
         for _ in range(repeats):
-            n, dt = run_engine(model, tok, texts[:b], max_new)
-            rec["engine"].append({"tokens": n, "seconds": dt, "tokens_per_s": n / dt})
+            n, dt = run_engine(native, texts[:b], sampling)
+            rec["native"].append({"tokens": n, "seconds": dt, "tokens_per_s": n / dt})
+            if not args.no_hf:
+                n, dt = run_engine(hf, texts[:b], sampling)
+                rec["hf_fp32"].append({"tokens": n, "seconds": dt, "tokens_per_s": n / dt})
             if not args.no_plain:
-                n, dt = run_plain(model, tok, texts[:b], max_new, eos)
+                n, dt = run_plain(model, tok, texts[:b], sampling, eos)
                 rec["plain"].append({"tokens": n, "seconds": dt, "tokens_per_s": n / dt})
-            if args.sampling_ablation:
-                n, dt = run_engine(model, tok, texts[:b], max_new, fast_sampling=False)
-                rec["engine_multinomial"].append({"tokens": n, "seconds": dt, "tokens_per_s": n / dt})
-        for k in ("engine", "plain", "engine_multinomial"):
+        for k in ("native", "hf_fp32", "plain"):
             rec[f"{k}_tokens_per_s"] = common.median(r["tokens_per_s"] for r in rec[k])
-        print(f"  B={b:3d}: engine {rec['engine_tokens_per_s']:.1f} tok/s, plain "
-              f"{common.fmt(rec['plain_tokens_per_s'])} tok/s (matmul {flops_seen[-1] / 1e9:.0f} GFLOP/s)", flush=True)
+        print(f"  B={b:3d}: native {rec['native_tokens_per_s']:.1f} tok/s, hf-fp32 "
+              f"{common.fmt(rec['hf_fp32_tokens_per_s'])}, plain {common.fmt(rec['plain_tokens_per_s'])} "
+              f"(matmul bf16 {bf16_seen[-1] / 1e9:.0f} / fp32 {f32_seen[-1] / 1e9:.0f} GFLOP/s)", flush=True)
         results.append(rec)
-    flops_seen.append(matmul_flops())
+    f32_seen.append(matmul_flops(torch.float32))
+    bf16_seen.append(matmul_flops(torch.bfloat16))
 
-    peak = max(flops_seen)
-    ceiling = peak / (2 * n_params)
+    ceiling_bf16 = max(bf16_seen) / (2 * n_params)
+    ceiling_fp32 = max(f32_seen) / (2 * n_params)
     for rec in results:
-        rec["fraction_of_ceiling"] = rec["engine_tokens_per_s"] / ceiling
-        local = rec["matmul_flops_before"] / (2 * n_params)
-        rec["fraction_of_local_ceiling"] = rec["engine_tokens_per_s"] / local
+        rec["fraction_of_bf16_ceiling"] = rec["native_tokens_per_s"] / ceiling_bf16
         if rec["plain_tokens_per_s"]:
-            rec["engine_over_plain"] = rec["engine_tokens_per_s"] / rec["plain_tokens_per_s"]
-        if rec["engine_multinomial_tokens_per_s"]:
-            rec["fast_sampling_speedup"] = rec["engine_tokens_per_s"] / rec["engine_multinomial_tokens_per_s"]
-    best = max(results, key=lambda r: r["engine_tokens_per_s"])
-    headline = {"best_fraction_of_ceiling": best["fraction_of_ceiling"]}
+            rec["native_over_plain"] = rec["native_tokens_per_s"] / rec["plain_tokens_per_s"]
+        if rec["hf_fp32_tokens_per_s"]:
+            rec["native_over_hf_fp32"] = rec["native_tokens_per_s"] / rec["hf_fp32_tokens_per_s"]
+    best = max(results, key=lambda r: r["native_tokens_per_s"])
+    at64 = next((r for r in results if r["batch_size"] == 64), None)
+    speedup = at64.get("native_over_plain") if at64 else None
+    agree = agreement(model, tok, n_agree, max_new) if n_agree else None
+    headline = {"best_fraction_of_ceiling": best["fraction_of_bf16_ceiling"],
+                "best_tokens_per_s": best["native_tokens_per_s"],
+                "ceiling_bf16_tokens_per_s": ceiling_bf16,
+                "speedup_vs_plain_generate_fp32": speedup}
+    if agree:
+        headline["greedy_teacher_forced_agreement"] = agree["teacher_forced_agreement"]
     common.print_table(
-        f"Generated tokens/s (median of {repeats}; ceiling {ceiling:.0f} tok/s = {peak / 1e9:.0f} GFLOP/s ÷ "
-        f"2·{n_params / 1e6:.1f}M params; target ≥ {TARGET_FRACTION:.0%} at the best batch)",
-        ["batch", "engine tok/s", "plain tok/s", "engine/plain", "engine multinomial tok/s", "of ceiling",
-         "of ceiling (local F)"],
-        [[r["batch_size"], r["engine_tokens_per_s"], r["plain_tokens_per_s"], r.get("engine_over_plain"),
-          r["engine_multinomial_tokens_per_s"], r["fraction_of_ceiling"], r["fraction_of_local_ceiling"]]
+        f"Generated tokens/s, sampled T 0.7 / top-p 0.9, {max_new} new tokens (median of {repeats}); ceilings: bf16 "
+        f"{ceiling_bf16:.0f} tok/s, fp32 {ceiling_fp32:.0f} tok/s ({n_params / 1e6:.1f}M params)",
+        ["batch", "native tok/s", "hf-fp32 tok/s", "plain tok/s", "native/plain", "native/hf-fp32",
+         "of bf16 ceiling"],
+        [[r["batch_size"], r["native_tokens_per_s"], r["hf_fp32_tokens_per_s"], r["plain_tokens_per_s"],
+          r.get("native_over_plain"), r.get("native_over_hf_fp32"), r["fraction_of_bf16_ceiling"]]
          for r in results])
+    if agree:
+        print(f"greedy bf16 vs fp32 on {agree['prompts']} prompts: teacher-forced {agree['teacher_forced_agreement']:.3f}, "
+              f"free-running {agree['free_running_agreement']:.3f}, identical rows {agree['rows_identical']}")
     settings = {
-        "model": "tiny (random)" if args.quick else "embedded SmolLM2-135M-Instruct (fp32, no adapter)",
+        "model": "tiny (random)" if args.quick else "embedded SmolLM2-135M-Instruct (no adapter)",
         "parameters": n_params, "batch_sizes": sizes, "max_new_tokens": max_new, "repeats": repeats,
-        "sampling": "temperature 1.0, top_p 1.0, top_k 0 (rollout.defender default)",
-        "prompts": "packaged benign instructions, chat template applied",
-        "matmul": "fp32 4096x4096 torch.matmul, best of 3, measured before each batch size and at the end",
-        "matmul_flops_peak": peak, "matmul_flops_all": flops_seen, "ceiling_tokens_per_s": ceiling,
-        "best_batch_size": best["batch_size"], "best_tokens_per_s": best["engine_tokens_per_s"],
-        "statistic": "median over repeats", "quick": args.quick, "wall_s": time.perf_counter() - t_start,
-        "sampling_ablation": args.sampling_ablation, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "sampling": "temperature 0.7, top_p 0.9, top_k 0 (configs/cpu-small.yaml)",
+        "prompts": "packaged benign instructions, chat template applied; one prompt per batch row",
+        "matmul": "2048x2048 torch.matmul in fp32 and bf16, best of 3, before each batch size and at the end",
+        "matmul_flops_fp32_peak": max(f32_seen), "matmul_flops_bf16_peak": max(bf16_seen),
+        "ceiling_fp32_tokens_per_s": ceiling_fp32, "ceiling_bf16_tokens_per_s": ceiling_bf16,
+        "native_weight_copy_and_warmup_s": weight_copy_s,
+        "best_batch_size": best["batch_size"], "statistic": "median over repeats", "quick": args.quick,
+        "wall_s": time.perf_counter() - t_start, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "agreement": agree,
     }
+    meets = {"best_fraction_of_ceiling": headline["best_fraction_of_ceiling"] >= TARGET_FRACTION}
+    if speedup is not None:
+        meets["speedup_vs_plain_generate_fp32"] = speedup >= TARGET_SPEEDUP
     payload = common.write_results(args.output, NAME, headline, machine, settings, results,
-                                   targets={"best_fraction_of_ceiling": TARGET_FRACTION},
-                                   meets_targets={"best_fraction_of_ceiling": headline["best_fraction_of_ceiling"] >= TARGET_FRACTION})
-    print(f"best: B={best['batch_size']} {best['engine_tokens_per_s']:.1f} tok/s = "
-          f"{headline['best_fraction_of_ceiling']:.1%} of the ceiling; wrote {args.output}")
+                                   targets={"best_fraction_of_ceiling": TARGET_FRACTION,
+                                            "speedup_vs_plain_generate_fp32": TARGET_SPEEDUP},
+                                   meets_targets=meets)
+    print(f"best: B={best['batch_size']} {best['native_tokens_per_s']:.1f} tok/s = "
+          f"{headline['best_fraction_of_ceiling']:.1%} of the bf16 ceiling; wrote {args.output}")
     return payload
 
 

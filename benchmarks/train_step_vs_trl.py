@@ -17,7 +17,10 @@ The task (identical for both):
     TRL's `use_bias_correction_kl` is switched off so the KL gradient is the same as ssp's;
   * micro-batch M for both (TRL: per_device_train_batch_size = M, gradient accumulation =
     steps_per_generation = P·G / M); AdamW, same learning rate, constant schedule, grad-norm clip 1;
-  * gradient checkpointing off on both; TRL: `use_cpu=True, bf16=False`.
+  * gradient checkpointing off on both; `--dtype` the same for both: bfloat16 (default) = fp32 master weights
+    with bf16 autocast for the update on both sides (TRL: `use_cpu=True, bf16=True`; ssp: `rl.compute_dtype`),
+    and each framework's own bf16 rollouts (ssp: its native engine's bf16 weight copy; TRL: `generate` under
+    its autocast); float32 = everything fp32 (TRL `bf16=False`; ssp: native engine in fp32).
 
 TRL's `train()` drives the loop; a callback runs one ssp step after each TRL optimizer step, so the
 two alternate step by step and see the same machine load. The first `--warmup` steps of each are
@@ -117,7 +120,7 @@ class SSPRunner:
         from ssp.config import LoraConfig, ModelConfig, RLConfig, SamplingConfig
         from ssp.models.loader import load_policy
         from ssp.rollout.base import ChatRequest
-        from ssp.rollout.hf import HFRolloutEngine
+        from ssp.rollout.engines import build_rollout_engine
 
         cfg = ModelConfig(name_or_path=str(model_dir), finetune=mode, max_prompt_tokens=768,
                           lora=LoraConfig(r=LORA["r"], alpha=LORA["lora_alpha"], dropout=LORA["lora_dropout"],
@@ -128,9 +131,9 @@ class SSPRunner:
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=s["learning_rate"], weight_decay=0.0)
-        self.engine = HFRolloutEngine(self.model, self.tok, max_prompt_tokens=768, batch_size=s["rollout_batch"])
+        self.engine = build_rollout_engine("auto", self.model, self.tok, 768, s["rollout_batch"], dtype=s["dtype"])
         self.rl = RLConfig(learning_rate=s["learning_rate"], kl_coef=s["beta"], clip_eps=0.2,
-                           micro_batch_size=s["micro_batch"], epochs=1, max_grad_norm=1.0)
+                           micro_batch_size=s["micro_batch"], epochs=1, max_grad_norm=1.0, compute_dtype=s["dtype"])
         self.sampling = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=s["max_completion_length"])
         self.requests = [ChatRequest([{"role": "user", "content": p}]) for p in task_prompts(s["prompts"])]
         self.G = s["num_generations"]
@@ -151,6 +154,7 @@ class SSPRunner:
             with common.timer(t, "update"):
                 stats = grpo_update(self.model, self.optimizer, samples, self.rl, self.tok.pad_token_id,
                                     reference_model=self.reference)
+                self.engine.refresh_weights()  # the native engine's weight copy follows the update
         t["generate"] = self.gen_timer.take()
         t["completion_tokens"] = sum(len(s.completion_ids) for s in samples)
         t["prompt_tokens"] = prompt_tokens
@@ -174,7 +178,7 @@ def build_trl(model_dir: Path, mode: str, s: dict, steps: int, workdir: Path, ca
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         args = GRPOConfig(
-            output_dir=str(workdir / f"trl-{mode}"), use_cpu=True, bf16=False, fp16=False,
+            output_dir=str(workdir / f"trl-{mode}"), use_cpu=True, bf16=s["dtype"] == "bfloat16", fp16=False,
             gradient_checkpointing=False, max_completion_length=s["max_completion_length"],
             num_generations=s["num_generations"], per_device_train_batch_size=s["micro_batch"],
             gradient_accumulation_steps=accumulation, steps_per_generation=accumulation,
@@ -325,6 +329,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--micro-batch", type=int, default=4, help="M: sequences per forward/backward")
     p.add_argument("--beta", type=float, default=0.02, help="KL coefficient (ssp rl.kl_coef default)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 2e-4 LoRA, 1e-5 full)")
+    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
+                   help="compute dtype for both frameworks (bf16 autocast on fp32 weights, or fp32)")
     args = p.parse_args(argv)
     common.apply_threads(args.threads)
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -339,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
         "micro_batch": args.micro_batch, "rollout_batch": args.prompts * args.num_generations,
         "beta": args.beta, "steps": args.steps or (1 if args.quick else 3), "warmup": args.warmup,
         "reward": "share of vowels among the completion's letters", "sampling": "temperature 1, top_p 1, top_k 0",
-        "quick": args.quick,
+        "quick": args.quick, "dtype": args.dtype,
     }
     if (base["prompts"] * base["num_generations"]) % base["micro_batch"]:
         p.error("prompts × num-generations must be a multiple of --micro-batch")

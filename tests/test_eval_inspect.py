@@ -98,7 +98,8 @@ def test_inspect_eval_cli_runs_the_packaged_task_on_the_tiny_model(tmp_path, xs)
 
     from ssp.config import SamplingConfig, TinyModelConfig
     from ssp.game.prompts import defender_request
-    from ssp.judges.base import JudgeInput, build_judge
+    from ssp.judges.base import JudgeInput
+    from ssp.judges.registry import build_judge
     from ssp.models.tiny import build_tiny_model
     from ssp.rollout.hf import HFRolloutEngine
     from tests.conftest import REPO

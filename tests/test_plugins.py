@@ -14,7 +14,8 @@ from ssp.config import load_config
 from ssp.eval.attacks import available_attacks
 from ssp.eval.benchmarks import BenchmarkError, describe_benchmarks, load_suites, parse_benchmark_spec
 from ssp.eval.defenses import available_defenses
-from ssp.judges.base import JudgeInput, available_judges, build_judge
+from ssp.judges.base import JudgeInput
+from ssp.judges.registry import available_judges, build_judge
 from ssp.plugins import PluginError, load_callable
 from tests.conftest import REPO
 
