@@ -11,9 +11,9 @@ keeps only the arithmetic:
   so a finished row is refilled with the next prompt (prefilled into that slot) while the others keep
   decoding, and when no prompt is left finished rows are packed away so the batch shrinks;
 - prompts ordered by length (rows refilled together have similar lengths);
-- top-k/top-p sampling on a short candidate list: the top `CANDIDATES` tokens of each row carry the
-  nucleus whenever their mass reaches top-p (rows where they do not fall back to a full sort), so
-  sampling is exact for the configured temperature/top-k/top-p, as HF's warpers define them.
+- top-k/top-p sampling on short candidate lists: the top 64 tokens of each row carry the nucleus
+  whenever their mass reaches top-p (rows where they do not try 1,024, then a full sort), so sampling
+  is exact for the configured temperature/top-k/top-p, as HF's warpers define them.
 
 Supported: decoder-only models with the Llama layout (Llama, Mistral, Qwen2: RMSNorm, rotary
 embeddings, grouped-query attention, SiLU-gated MLP, optional q/k/v bias). `supports(model)` says
@@ -23,6 +23,7 @@ whether a model fits; `rollout.backend: auto` falls back to `generate` otherwise
 from __future__ import annotations
 
 import math
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -34,7 +35,8 @@ from ssp.rollout.base import ChatRequest, Completion
 from ssp.rollout.chat import ChatEncoder
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
-CANDIDATES = 64  # tokens per row considered before the exact full-sort fallback for top-p
+CANDIDATE_TIERS = (64, 1024)  # top-p is decided on these many tokens per row before a full sort
+PREFILL_TOKENS = 2048  # tokens per prefill chunk
 REFILL_FRACTION = 8  # refill free slots once at least batch_size / REFILL_FRACTION are free
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
@@ -86,38 +88,53 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 def filter_probs(logits: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(probabilities, token ids) per row after temperature, top-k and top-p, as HF's warpers apply them.
 
-    Works on the top `CANDIDATES` (or top-k) tokens of each row; a row whose candidates hold less than
-    top-p of the mass is redone over the full sorted vocabulary, so the result is exact either way.
+    Candidates are chosen on the raw logits (the temperature does not change the order), so the float32
+    work is one log-normaliser over the vocabulary plus the candidates. Top-p is decided on the top
+    `CANDIDATE_TIERS[0]` tokens of each row; rows whose candidates hold less than top-p of the mass are
+    redone with the next tier, then over the full sorted vocabulary, so the result is exact either way.
     Probabilities are not renormalised (the sampler scales by the row total).
     """
-    logits = torch.nan_to_num(logits.float() / sampling.temperature, nan=0.0)  # diverged weights: no crash
     vocab = logits.shape[-1]
-    k = min(sampling.top_k or CANDIDATES, vocab)
-    vals, ids = logits.topk(k, dim=-1)  # sorted, descending
-    top_p = sampling.top_p
+    inv_t = 1.0 / sampling.temperature
     if sampling.top_k:  # top-p then works on the top-k distribution, as in HF's warper order
-        logz = torch.logsumexp(vals, dim=-1, keepdim=True)
-    else:
-        logz = torch.logsumexp(logits, dim=-1, keepdim=True)
-    probs = torch.exp(vals - logz)
-    if top_p >= 1.0:
-        if sampling.top_k or k == vocab:
-            return probs, ids
-        return torch.exp(logits - logz), torch.arange(vocab).expand_as(logits)
-    before = probs.cumsum(-1) - probs  # mass of the tokens ranked above each one
-    keep = before < top_p
-    covered = (before[:, -1] + probs[:, -1]) >= top_p
-    if bool(covered.all()) or sampling.top_k:
-        return probs * keep, ids
-    # Rows whose nucleus reaches past the candidates: the exact computation over the sorted vocabulary.
-    rows = (~covered).nonzero().squeeze(-1)
-    full_vals, full_ids = logits[rows].sort(dim=-1, descending=True)
-    full_probs = torch.exp(full_vals - logz[rows])
-    full_keep = (full_probs.cumsum(-1) - full_probs) < top_p
-    out_p = torch.zeros(logits.shape[0], vocab, dtype=probs.dtype)
-    out_i = torch.zeros(logits.shape[0], vocab, dtype=ids.dtype)
-    out_p[:, :k], out_i[:, :k] = probs * keep, ids
-    out_p[rows], out_i[rows] = full_probs * full_keep, full_ids
+        vals, ids = logits.topk(min(sampling.top_k, vocab), dim=-1)
+        vals = torch.nan_to_num(vals.float() * inv_t, nan=0.0)
+        probs = torch.exp(vals - torch.logsumexp(vals, dim=-1, keepdim=True))
+        if sampling.top_p < 1.0:
+            probs = probs * ((probs.cumsum(-1) - probs) < sampling.top_p)
+        return probs, ids
+    scaled = logits.to(torch.float32, copy=True).mul_(inv_t)  # never in place on the caller's logits
+    logz = torch.logsumexp(scaled, dim=-1, keepdim=True)
+    if not torch.isfinite(logz).all():  # diverged weights: no crash (as transformers' InfNanRemoveLogitsProcessor)
+        scaled = torch.nan_to_num(scaled, nan=0.0)
+        logz = torch.logsumexp(scaled, dim=-1, keepdim=True)
+    if sampling.top_p >= 1.0:
+        return torch.exp(scaled - logz), torch.arange(vocab).expand_as(scaled)
+    parts = []  # (rows, probs, ids) per tier, each cut to its longest nucleus
+    rows = torch.arange(scaled.shape[0])
+    for k in (*CANDIDATE_TIERS, vocab):
+        k = min(k, vocab)
+        if k < vocab:  # candidates from the raw logits (same order; a bf16 topk is cheaper than a float one)
+            ids = logits[rows].topk(k, dim=-1).indices
+            vals = scaled[rows].gather(-1, ids)
+        else:
+            vals, ids = scaled[rows].sort(dim=-1, descending=True)
+        probs = torch.exp(vals - logz[rows])
+        before = probs.cumsum(-1) - probs  # mass of the tokens ranked above each one
+        keep = before < sampling.top_p
+        covered = torch.ones_like(keep[:, 0]) if k == vocab else (before[:, -1] + probs[:, -1]) >= sampling.top_p
+        if not parts and bool(covered.all()):
+            return probs * keep, ids
+        width = int(keep[covered].sum(-1).max()) if bool(covered.any()) else 0
+        parts.append((rows[covered], (probs * keep)[covered, :width], ids[covered, :width]))
+        rows = rows[~covered]
+        if rows.numel() == 0:
+            break
+    width = max(p.shape[1] for _, p, _ in parts)
+    out_p = torch.zeros(scaled.shape[0], width)
+    out_i = torch.zeros(scaled.shape[0], width, dtype=torch.long)
+    for r, p, i in parts:
+        out_p[r, : p.shape[1]], out_i[r, : i.shape[1]] = p, i
     return out_p, out_i
 
 
@@ -125,7 +142,7 @@ def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tenso
     """One token per row: argmax when temperature is 0, else an inverse-CDF draw from the filtered
     distribution (one uniform per row against the cumulative sums, float64)."""
     if sampling.temperature == 0:
-        return torch.nan_to_num(logits.float(), nan=0.0).argmax(-1)
+        return torch.nan_to_num(logits, nan=0.0).argmax(-1)
     probs, ids = filter_probs(logits, sampling)
     cdf = probs.to(torch.float64).cumsum(-1)
     total = cdf[:, -1:]
@@ -246,7 +263,7 @@ class NativeRolloutEngine:
         return x
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(rms_norm(hidden, self.norm, self.eps), self.lm_head).float()
+        return F.linear(rms_norm(hidden, self.norm, self.eps), self.lm_head)  # engine dtype; sampling upcasts
 
     # -- generation ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -268,6 +285,8 @@ class NativeRolloutEngine:
     def _run(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[tuple[list[int], bool]]:
         """Decode every prompt; returns (completion ids, finished) in prompt order."""
         max_new = sampling.max_new_tokens
+        started = time.perf_counter()
+        clock = dict.fromkeys(("prefill_s", "decode_s", "sampling_s", "prefill_tokens", "decode_steps", "decode_rows"), 0)
         window = getattr(self.config, "sliding_window", None)
         if window and max(len(p) for p in prompts) + max_new > window:
             raise ValueError(f"rollout.backend=native: a prompt plus max_new_tokens exceeds the model's sliding "
@@ -297,14 +316,28 @@ class NativeRolloutEngine:
         def refill(free: list[int]) -> None:
             take = [pending.popleft() for _ in range(min(len(free), len(pending)))]
             free = free[: len(take)]
+            # Prefill in chunks of about PREFILL_TOKENS tokens: activations stay in cache (measured faster than
+            # one large batch; the matmuls are already efficient at that size).
+            width = max(len(prompts[j]) for j in take)
+            per_chunk = max(1, PREFILL_TOKENS // width)
+            for c in range(0, len(take), per_chunk):
+                prefill(free[c : c + per_chunk], take[c : c + per_chunk])
+
+        def prefill(free: list[int], take: list[int]) -> None:
             width = max(len(prompts[j]) for j in take)
             ids = torch.full((len(take), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
             for r, j in enumerate(take):
                 ids[r, : len(prompts[j])] = torch.tensor(prompts[j])
             lengths = torch.tensor([len(prompts[j]) for j in take])
             rows = torch.tensor(free)
+            t0 = time.perf_counter()
             hidden = self._forward(ids, torch.arange(width).expand(len(take), width), rows, cache, True, width)
-            tokens = sample_tokens(self._logits(hidden[torch.arange(len(take)), lengths - 1]), sampling).tolist()
+            logits = self._logits(hidden[torch.arange(len(take)), lengths - 1])
+            t1 = time.perf_counter()
+            tokens = sample_tokens(logits, sampling).tolist()
+            clock["prefill_s"] += t1 - t0
+            clock["sampling_s"] += time.perf_counter() - t1
+            clock["prefill_tokens"] += int(lengths.sum())
             for slot, j, length, token in zip(free, take, lengths.tolist(), tokens):
                 job[slot] = j
                 pos[slot], last[slot] = length, token
@@ -335,8 +368,15 @@ class NativeRolloutEngine:
                 break
             p = pos[:active]
             width = int(p.max()) + 1
+            t0 = time.perf_counter()
             hidden = self._forward(last[:active, None], p[:, None], torch.arange(active), cache, False, width)
-            tokens = sample_tokens(self._logits(hidden[:, 0]), sampling).tolist()
+            logits = self._logits(hidden[:, 0])
+            t1 = time.perf_counter()
+            tokens = sample_tokens(logits, sampling).tolist()
+            clock["decode_s"] += t1 - t0
+            clock["sampling_s"] += time.perf_counter() - t1
+            clock["decode_steps"] += 1
+            clock["decode_rows"] += active
             for slot, token in enumerate(tokens):
                 if job[slot] == -1:
                     continue  # waiting for a refill: its output is discarded
@@ -344,6 +384,9 @@ class NativeRolloutEngine:
                 last[slot] = token
                 if finish(slot, token):
                     job[slot] = -1
+        clock["total_s"] = time.perf_counter() - started
+        clock["other_s"] = clock["total_s"] - clock["prefill_s"] - clock["decode_s"] - clock["sampling_s"]
+        self.last_timings = clock
         return [(out[j], done[j]) for j in range(len(prompts))]
 
     @staticmethod
