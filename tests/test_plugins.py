@@ -26,9 +26,13 @@ REWARD = "ssp_example_plugin:refusal_reward"
 @pytest.fixture(scope="session")
 def plugin_site(tmp_path_factory):
     """The example plugin built and installed by pip (its entry points come from its own pyproject.toml)."""
+    import shutil
+
     target = tmp_path_factory.mktemp("plugin-site")
+    source = tmp_path_factory.mktemp("plugin-src") / "plugin_pkg"
+    shutil.copytree(PLUGIN_SRC, source)  # setuptools writes build/ and egg-info beside the sources: not in the checkout
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(PLUGIN_SRC)], check=True, cwd=tmp_path_factory.getbasetemp())
+                    "--target", str(target), str(source)], check=True, cwd=tmp_path_factory.getbasetemp())
     (dist,) = target.glob("ssp_example_plugin-*.dist-info")
     assert "[ssp.judges]" in (dist / "entry_points.txt").read_text()
     return target
