@@ -60,6 +60,15 @@ def test_rollout_throughput_quick(tmp_path):
     assert 0.0 <= agree["teacher_forced_agreement"] <= 1.0 and agree["tokens"] > 0
 
 
+def test_native_ablation_quick(tmp_path):
+    data = _run("native_ablation.py", tmp_path / "ablation.json")
+    _common_layout(data, "native_ablation")
+    assert [r["variant"] for r in data["results"]] == ["full", "fp32", "full_sort", "one_prefill"]
+    for r in data["results"]:
+        assert _number(r["tokens_per_s"]) and r["tokens_per_s"] > 0 and _number(r["full_over_variant"])
+        assert r["prefill_s"] + r["decode_s"] + r["sampling_s"] <= r["total_s"] + 1e-6
+
+
 def test_memory_quick(tmp_path):
     data = _run("memory.py", tmp_path / "memory.json")
     _common_layout(data, "memory")
