@@ -102,14 +102,15 @@ def test_inspect_eval_cli_runs_the_packaged_task_on_the_tiny_model(tmp_path, xs)
     from ssp.judges.registry import build_judge
     from ssp.models.tiny import build_tiny_model
     from ssp.rollout.hf import HFRolloutEngine
-    from tests.conftest import REPO
 
     model, tokenizer = build_tiny_model(TinyModelConfig(), seed=0)
     folder = tmp_path / "tiny-model"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     options = {"topicality": False}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+    # No PYTHONPATH=src: the editable install already maps ssp there, and src/ssp.egg-info (written by that install)
+    # found first on the path has no direct_url.json, so inspect would not namespace the task as ssp/...
+    env = {**os.environ,
            "OMP_NUM_THREADS": "1", "INSPECT_LOG_DIR": str(tmp_path / "logs"),
            "HF_HUB_OFFLINE": "1"}  # inspect's provider also asks the Hub about the name `local`: fail fast, no retries
     cmd = [sys.executable, "-m", "inspect_ai", "eval", "ssp/ssp_benchmark", "--model", "hf/local",
