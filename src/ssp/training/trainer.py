@@ -49,7 +49,7 @@ class TrainingError(RuntimeError):
 def _check_output_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{os.getpid()}"  # one per process: ranks check the same folder at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
