@@ -19,10 +19,11 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 # On a shared machine (more runnable threads than cores) libgomp's default spin-waiting makes every
 # parallel region wait for a descheduled worker: measured here, SmolLM2 generation ran 3-4x slower with
@@ -71,8 +72,11 @@ def machine_info() -> dict[str, Any]:
         info["cuda"] = torch.cuda.is_available()
     except ImportError:  # pragma: no cover
         pass
-    info["env_threads"] = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
-                           if k in os.environ}
+    info["env_threads"] = {
+        k: os.environ[k]
+        for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+        if k in os.environ
+    }
     return info
 
 
@@ -134,11 +138,25 @@ def apply_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def write_results(path: Path, name: str, headline: dict[str, Any], machine: dict[str, Any],
-                  settings: dict[str, Any], results: Any, **extra: Any) -> dict[str, Any]:
+def write_results(
+    path: Path,
+    name: str,
+    headline: dict[str, Any],
+    machine: dict[str, Any],
+    settings: dict[str, Any],
+    results: Any,
+    **extra: Any,
+) -> dict[str, Any]:
     machine = {**machine, "loadavg_at_end": loadavg()}
-    payload = {"benchmark": name, "headline": headline, **headline, **extra,
-               "machine": machine, "settings": settings, "results": results}
+    payload = {
+        "benchmark": name,
+        "headline": headline,
+        **headline,
+        **extra,
+        "machine": machine,
+        "settings": settings,
+        "results": results,
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -159,7 +177,7 @@ def fmt(x: Any, digits: int = 3) -> str:
     if x is None:
         return "—"
     if isinstance(x, float):
-        if x != 0 and (abs(x) >= 1e5 or abs(x) < 10 ** -digits):
+        if x != 0 and (abs(x) >= 1e5 or abs(x) < 10**-digits):
             return f"{x:.{digits}g}"
         return f"{x:.{digits}f}" if abs(x) < 100 else f"{x:.1f}"
     return str(x)
@@ -186,6 +204,8 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
 def print_machine(machine: dict[str, Any]) -> None:
     v = machine.get("versions", {})
-    print(f"machine: {machine.get('cpu_count')} CPUs ({machine.get('processor')}), torch threads "
-          f"{machine.get('torch_threads')}, load average at start {machine.get('loadavg_at_start')}; "
-          f"torch {v.get('torch')}, transformers {v.get('transformers')}, trl {v.get('trl')}, peft {v.get('peft')}")
+    print(
+        f"machine: {machine.get('cpu_count')} CPUs ({machine.get('processor')}), torch threads "
+        f"{machine.get('torch_threads')}, load average at start {machine.get('loadavg_at_start')}; "
+        f"torch {v.get('torch')}, transformers {v.get('transformers')}, trl {v.get('trl')}, peft {v.get('peft')}"
+    )

@@ -11,7 +11,8 @@ The `cpu_small` preset (configs/cpu-small.yaml) runs 2 steps and reports the sec
 Each preset runs `python -m ssp train --config … --set run.max_steps=1` in its own subprocess
 (model loading, the judge's embedder, one self-play step, the update, the replay bookkeeping and the
 step-1 checkpoint included); its peak resident set size is `ru_maxrss` of RUSAGE_CHILDREN read in a
-helper process whose only child is that run (the kernel's high-water mark for that process). The phase split of that one step comes from
+helper process whose only child is that run (the kernel's high-water mark for that process). The phase split
+of that one step comes from
 the run's metrics.jsonl (`time/attacker_generation`, `time/defender_generation`, `time/judging`,
 `time/update`, `time/replay`, `time/step`); `startup_s` = the subprocess's wall time minus the step.
 Headline keys: `peak_rss_mb_<preset>` and `step_s_default`.
@@ -45,8 +46,20 @@ def run_preset(name: str, workdir: Path, threads: int | None, timeout: float, re
     spec = PRESETS[name]
     out = workdir / name
     steps = spec.get("steps", 1)
-    cmd = [sys.executable, "-m", "ssp", "train", "--output", str(out), "--quiet", "--set", f"run.max_steps={steps}",
-           "--set", f"run.checkpoint_every={steps}", *sum((["--set", s] for s in spec["set"]), [])]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ssp",
+        "train",
+        "--output",
+        str(out),
+        "--quiet",
+        "--set",
+        f"run.max_steps={steps}",
+        "--set",
+        f"run.checkpoint_every={steps}",
+        *sum((["--set", s] for s in spec["set"]), []),
+    ]
     if spec["config"]:
         cmd += ["--config", str(repo / spec["config"])]
     if threads:
@@ -60,8 +73,13 @@ def run_preset(name: str, workdir: Path, threads: int | None, timeout: float, re
         proc.kill()
         output, _ = proc.communicate()
     wall = time.perf_counter() - t
-    rec: dict = {"preset": name, "repo": str(repo), "command": " ".join(cmd), "returncode": proc.returncode,
-                 "wall_s": wall}
+    rec: dict = {
+        "preset": name,
+        "repo": str(repo),
+        "command": " ".join(cmd),
+        "returncode": proc.returncode,
+        "wall_s": wall,
+    }
     if proc.returncode != 0:
         rec["error"] = output[-2000:]
         return rec
@@ -90,7 +108,7 @@ def measure(name: str, workdir: Path, threads: int | None, timeout: float, repo:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     return {"preset": name, "returncode": proc.returncode, "error": (proc.stdout + proc.stderr)[-2000:]}
 
 
@@ -100,11 +118,20 @@ def main(argv: list[str] | None = None) -> dict:
         child_main(*argv[1:6])
         return {}
     p = common.base_parser(NAME, __doc__)
-    p.add_argument("--presets", nargs="+", default=None, choices=list(PRESETS),
-                   help="default: tiny default_lora default_full (quick: tiny)")
+    p.add_argument(
+        "--presets",
+        nargs="+",
+        default=None,
+        choices=list(PRESETS),
+        help="default: tiny default_lora default_full (quick: tiny)",
+    )
     p.add_argument("--timeout", type=float, default=1200, help="seconds per preset")
-    p.add_argument("--before-repo", type=Path, default=None,
-                   help="another checkout: run each preset with its code and configs too (before/after)")
+    p.add_argument(
+        "--before-repo",
+        type=Path,
+        default=None,
+        help="another checkout: run each preset with its code and configs too (before/after)",
+    )
     args = p.parse_args(argv)
     machine = common.machine_info()
     common.print_machine(machine)
@@ -128,45 +155,86 @@ def main(argv: list[str] | None = None) -> dict:
     default = next((r for r in results if r["preset"] == "default_lora" and "error" not in r), None)
     if default is not None:
         headline["step_s_default"] = default["step_s"]
-    common.print_table("Peak RSS of one SSP step (subprocess, includes model load and checkpoint)",
-                       ["preset", "peak RSS MB", "wall s", "step s", *PHASES],
-                       [[r["preset"], r.get("peak_rss_mb"), r.get("wall_s"), r.get("step_s"),
-                         *[(r.get("phases_s") or {}).get(ph) for ph in PHASES]] for r in results])
+    common.print_table(
+        "Peak RSS of one SSP step (subprocess, includes model load and checkpoint)",
+        ["preset", "peak RSS MB", "wall s", "step s", *PHASES],
+        [
+            [
+                r["preset"],
+                r.get("peak_rss_mb"),
+                r.get("wall_s"),
+                r.get("step_s"),
+                *[(r.get("phases_s") or {}).get(ph) for ph in PHASES],
+            ]
+            for r in results
+        ],
+    )
     phase_split = None
     if default is not None:
         step = default["step_s"] or 0.0
-        phase_split = {ph: {"s": default["phases_s"][ph], "share": (default["phases_s"][ph] or 0.0) / step if step else None}
-                       for ph in PHASES}
+        phase_split = {
+            ph: {"s": default["phases_s"][ph], "share": (default["phases_s"][ph] or 0.0) / step if step else None}
+            for ph in PHASES
+        }
         other = step - sum(default["phases_s"][ph] or 0.0 for ph in PHASES)
         phase_split["other"] = {"s": other, "share": other / step if step else None}
-        common.print_table(f"One SSP step at the default config (embedded, LoRA): {step:.1f} s",
-                           ["phase", "seconds", "share"], [[k, v["s"], v["share"]] for k, v in phase_split.items()])
+        common.print_table(
+            f"One SSP step at the default config (embedded, LoRA): {step:.1f} s",
+            ["phase", "seconds", "share"],
+            [[k, v["s"], v["share"]] for k, v in phase_split.items()],
+        )
     before_after = None
     if comparisons:
         before_after = []
         for b, a in zip(comparisons, results):
             if "error" in b or "error" in a:
                 continue
-            row = {"preset": a["preset"], "before_repo": b["repo"], "step_s_before": b["step_s"],
-                   "step_s_after": a["step_s"], "step_speedup": b["step_s"] / a["step_s"],
-                   "phases_before": b["phases_s"], "phases_after": a["phases_s"],
-                   "peak_rss_mb_before": b.get("peak_rss_mb"), "peak_rss_mb_after": a.get("peak_rss_mb")}
+            row = {
+                "preset": a["preset"],
+                "before_repo": b["repo"],
+                "step_s_before": b["step_s"],
+                "step_s_after": a["step_s"],
+                "step_speedup": b["step_s"] / a["step_s"],
+                "phases_before": b["phases_s"],
+                "phases_after": a["phases_s"],
+                "peak_rss_mb_before": b.get("peak_rss_mb"),
+                "peak_rss_mb_after": a.get("peak_rss_mb"),
+            }
             before_after.append(row)
             headline[f"step_speedup_{a['preset']}"] = row["step_speedup"]
             common.print_table(
                 f"{a['preset']}: one step before ({b['repo']}) and after: {row['step_speedup']:.2f}x",
                 ["phase", "before s", "after s", "speed-up"],
-                [[ph, b["phases_s"][ph], a["phases_s"][ph],
-                  (b["phases_s"][ph] / a["phases_s"][ph]) if b["phases_s"][ph] and a["phases_s"][ph] else None]
-                 for ph in PHASES] + [["step", b["step_s"], a["step_s"], row["step_speedup"]]])
+                [
+                    [
+                        ph,
+                        b["phases_s"][ph],
+                        a["phases_s"][ph],
+                        (b["phases_s"][ph] / a["phases_s"][ph]) if b["phases_s"][ph] and a["phases_s"][ph] else None,
+                    ]
+                    for ph in PHASES
+                ]
+                + [["step", b["step_s"], a["step_s"], row["step_speedup"]]],
+            )
     settings = {
-        "presets": {n: PRESETS[n] for n in presets}, "steps": {n: PRESETS[n].get("steps", 1) for n in presets}, "threads": args.threads, "quick": args.quick,
+        "presets": {n: PRESETS[n] for n in presets},
+        "steps": {n: PRESETS[n].get("steps", 1) for n in presets},
+        "threads": args.threads,
+        "quick": args.quick,
         "peak_rss": "ru_maxrss of the `ssp train` subprocess (RUSAGE_CHILDREN in a helper that runs only it)",
         "wall_s": time.perf_counter() - t_start,
     }
-    payload = common.write_results(args.output, NAME, headline, machine, settings, results,
-                                   phase_split_default=phase_split, before_after=before_after,
-                                   before_results=comparisons or None)
+    payload = common.write_results(
+        args.output,
+        NAME,
+        headline,
+        machine,
+        settings,
+        results,
+        phase_split_default=phase_split,
+        before_after=before_after,
+        before_results=comparisons or None,
+    )
     print(f"wrote {args.output}")
     return payload
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-
 import torch  # noqa: E402
 
 NAME = "native_ablation"
@@ -54,7 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     sizes = args.batch or ([4] if args.quick else [64, 256])
     repeats = args.repeats or 1
-    sampling = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=args.max_new_tokens or (8 if args.quick else 64))
+    sampling = SamplingConfig(
+        temperature=0.7, top_p=0.9, max_new_tokens=args.max_new_tokens or (8 if args.quick else 64)
+    )
     torch.manual_seed(0)
     model, tok = load_base_model(ModelConfig(name_or_path="tiny" if args.quick else "embedded", finetune="full"))
     texts = [s.text for s in load_seeds("builtin", "benign")]
@@ -77,11 +78,30 @@ def main(argv: list[str] | None = None) -> dict:
                 tokens = sum(len(c.completion_ids) for g in out for c in g)
                 runs.append({"tokens": tokens, "seconds": dt, "tokens_per_s": tokens / dt, **engine.last_timings})
             best = sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2]
-            rec = {"batch_size": b, "variant": name, "change": change, "runs": runs, **{k: best[k] for k in (
-                "tokens_per_s", "prefill_s", "decode_s", "sampling_s", "other_s", "total_s", "prefill_tokens",
-                "decode_steps")}}
-            print(f"  B={b:3d} {name:12s} {rec['tokens_per_s']:7.1f} tok/s  prefill {rec['prefill_s']:.2f}s  decode "
-                  f"{rec['decode_s']:.2f}s  sampling {rec['sampling_s']:.2f}s", flush=True)
+            rec = {
+                "batch_size": b,
+                "variant": name,
+                "change": change,
+                "runs": runs,
+                **{
+                    k: best[k]
+                    for k in (
+                        "tokens_per_s",
+                        "prefill_s",
+                        "decode_s",
+                        "sampling_s",
+                        "other_s",
+                        "total_s",
+                        "prefill_tokens",
+                        "decode_steps",
+                    )
+                },
+            }
+            print(
+                f"  B={b:3d} {name:12s} {rec['tokens_per_s']:7.1f} tok/s  prefill {rec['prefill_s']:.2f}s  decode "
+                f"{rec['decode_s']:.2f}s  sampling {rec['sampling_s']:.2f}s",
+                flush=True,
+            )
             results.append(rec)
     for key, value in defaults.items():
         setattr(native, key, value)
@@ -89,15 +109,37 @@ def main(argv: list[str] | None = None) -> dict:
     for r in results:
         if r["batch_size"] in full:
             r["full_over_variant"] = full[r["batch_size"]] / r["tokens_per_s"]
-    common.print_table("Native engine, one setting changed at a time (tokens/s; full ÷ variant = what the setting buys)",
-                       ["batch", "variant", "tok/s", "full ÷ variant", "prefill s", "decode s", "sampling s", "other s"],
-                       [[r["batch_size"], r["variant"], r["tokens_per_s"], r.get("full_over_variant"), r["prefill_s"],
-                         r["decode_s"], r["sampling_s"], r["other_s"]] for r in results])
-    headline = {f"full_over_{r['variant']}_b{r['batch_size']}": r["full_over_variant"]
-                for r in results if r["variant"] != "full"}
-    settings = {"batch_sizes": sizes, "variants": {n: VARIANTS[n] for n in args.variants}, "repeats": repeats,
-                "sampling": "temperature 0.7, top_p 0.9", "max_new_tokens": sampling.max_new_tokens,
-                "quick": args.quick, "wall_s": time.perf_counter() - t_start}
+    common.print_table(
+        "Native engine, one setting changed at a time (tokens/s; full ÷ variant = what the setting buys)",
+        ["batch", "variant", "tok/s", "full ÷ variant", "prefill s", "decode s", "sampling s", "other s"],
+        [
+            [
+                r["batch_size"],
+                r["variant"],
+                r["tokens_per_s"],
+                r.get("full_over_variant"),
+                r["prefill_s"],
+                r["decode_s"],
+                r["sampling_s"],
+                r["other_s"],
+            ]
+            for r in results
+        ],
+    )
+    headline = {
+        f"full_over_{r['variant']}_b{r['batch_size']}": r["full_over_variant"]
+        for r in results
+        if r["variant"] != "full"
+    }
+    settings = {
+        "batch_sizes": sizes,
+        "variants": {n: VARIANTS[n] for n in args.variants},
+        "repeats": repeats,
+        "sampling": "temperature 0.7, top_p 0.9",
+        "max_new_tokens": sampling.max_new_tokens,
+        "quick": args.quick,
+        "wall_s": time.perf_counter() - t_start,
+    }
     payload = common.write_results(args.output, NAME, headline, machine, settings, results)
     print(f"wrote {args.output}")
     return payload

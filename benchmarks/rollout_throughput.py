@@ -35,7 +35,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-
 import torch  # noqa: E402
 
 NAME = "rollout_throughput"
@@ -100,15 +99,24 @@ def run_engine(engine, texts: list[str], sampling) -> tuple[int, float]:
 
 def run_plain(model, tok, texts: list[str], sampling, eos: set[int]) -> tuple[int, float]:
     tok.padding_side = "left"
-    chats = [tok.apply_chat_template([{"role": "user", "content": x}], tokenize=False, add_generation_prompt=True)
-             for x in texts]
+    chats = [
+        tok.apply_chat_template([{"role": "user", "content": x}], tokenize=False, add_generation_prompt=True)
+        for x in texts
+    ]
     t = time.perf_counter()
     enc = tok(chats, padding=True, add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p,
-                             top_k=None, max_new_tokens=sampling.max_new_tokens, pad_token_id=tok.pad_token_id,
-                             eos_token_id=sorted(eos))
-    rows = out[:, enc["input_ids"].shape[1]:].tolist()
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=None,
+            max_new_tokens=sampling.max_new_tokens,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=sorted(eos),
+        )
+    rows = out[:, enc["input_ids"].shape[1] :].tolist()
     dt = time.perf_counter() - t
     return useful_tokens(rows, eos), dt
 
@@ -133,13 +141,18 @@ def agreement(model, tok, n_prompts: int, max_new: int) -> dict:
         free += k
         total += len(x)
         seq = torch.tensor([r.prompt_ids + x])
-        logits = bf16_model(input_ids=seq).logits[0, len(r.prompt_ids) - 1: -1].float()
+        logits = bf16_model(input_ids=seq).logits[0, len(r.prompt_ids) - 1 : -1].float()
         forced += int((logits.argmax(-1) == torch.tensor(x)).sum())
-    return {"prompts": n_prompts, "max_new_tokens": max_new, "tokens": total,
-            "teacher_forced_agreement": forced / total, "free_running_agreement": free / total,
-            "rows_identical": sum(r.completion_ids == g.completion_ids for r, g in zip(ref, got)),
-            "reference": "native engine, fp32 weights (token-identical to transformers' greedy generate in tests)",
-            "teacher_forced_model": "transformers forward with bf16 weights"}
+    return {
+        "prompts": n_prompts,
+        "max_new_tokens": max_new,
+        "tokens": total,
+        "teacher_forced_agreement": forced / total,
+        "free_running_agreement": free / total,
+        "rows_identical": sum(r.completion_ids == g.completion_ids for r, g in zip(ref, got)),
+        "reference": "native engine, fp32 weights (token-identical to transformers' greedy generate in tests)",
+        "teacher_forced_model": "transformers forward with bf16 weights",
+    }
 
 
 def _bf16_copy(model):
@@ -150,14 +163,22 @@ def _bf16_copy(model):
 
 def main(argv: list[str] | None = None) -> dict:
     p = common.base_parser(NAME, __doc__)
-    p.add_argument("--batch", "--batch-sizes", dest="batch_sizes", type=int, nargs="+", default=None,
-                   help="batch sizes (default 16 64 128 256; quick: 2 4)")
+    p.add_argument(
+        "--batch",
+        "--batch-sizes",
+        dest="batch_sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="batch sizes (default 16 64 128 256; quick: 2 4)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=None, help="default 64 (quick: 8)")
     p.add_argument("--repeats", type=int, default=None, help="runs per batch size and engine (default 2; quick 1)")
     p.add_argument("--no-plain", action="store_true", help="skip plain generate")
     p.add_argument("--no-hf", action="store_true", help="skip the previous (HF fp32) engine")
-    p.add_argument("--agreement", type=int, default=None, help="prompts for the bf16/fp32 agreement (default 32; "
-                   "quick 4; 0 skips)")
+    p.add_argument(
+        "--agreement", type=int, default=None, help="prompts for the bf16/fp32 agreement (default 32; quick 4; 0 skips)"
+    )
     args = p.parse_args(argv)
     common.apply_threads(args.threads)
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -177,8 +198,11 @@ def main(argv: list[str] | None = None) -> dict:
     model, tok = load_model(args.quick)
     n_params = sum(p.numel() for p in model.parameters())  # shared (tied) tensors are yielded once
     eos = {tok.eos_token_id}
-    eos |= set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
-               else [model.generation_config.eos_token_id])
+    eos |= set(
+        model.generation_config.eos_token_id
+        if isinstance(model.generation_config.eos_token_id, list)
+        else [model.generation_config.eos_token_id]
+    )
     texts = prompts(max(sizes))
     t = time.perf_counter()
     native = NativeRolloutEngine(model, tok, 768, batch_size=max(sizes), dtype="bfloat16")
@@ -192,8 +216,14 @@ def main(argv: list[str] | None = None) -> dict:
         bf16_seen.append(matmul_flops(torch.bfloat16))
         native.batch_size = b
         hf = HFRolloutEngine(model, tok, 768, batch_size=b)
-        rec = {"batch_size": b, "matmul_flops_fp32_before": f32_seen[-1], "matmul_flops_bf16_before": bf16_seen[-1],
-               "native": [], "hf_fp32": [], "plain": []}
+        rec = {
+            "batch_size": b,
+            "matmul_flops_fp32_before": f32_seen[-1],
+            "matmul_flops_bf16_before": bf16_seen[-1],
+            "native": [],
+            "hf_fp32": [],
+            "plain": [],
+        }
         for _ in range(repeats):
             n, dt = run_engine(native, texts[:b], sampling)
             rec["native"].append({"tokens": n, "seconds": dt, "tokens_per_s": n / dt})
@@ -205,9 +235,12 @@ def main(argv: list[str] | None = None) -> dict:
                 rec["plain"].append({"tokens": n, "seconds": dt, "tokens_per_s": n / dt})
         for k in ("native", "hf_fp32", "plain"):
             rec[f"{k}_tokens_per_s"] = common.median(r["tokens_per_s"] for r in rec[k])
-        print(f"  B={b:3d}: native {rec['native_tokens_per_s']:.1f} tok/s, hf-fp32 "
-              f"{common.fmt(rec['hf_fp32_tokens_per_s'])}, plain {common.fmt(rec['plain_tokens_per_s'])} "
-              f"(matmul bf16 {bf16_seen[-1] / 1e9:.0f} / fp32 {f32_seen[-1] / 1e9:.0f} GFLOP/s)", flush=True)
+        print(
+            f"  B={b:3d}: native {rec['native_tokens_per_s']:.1f} tok/s, hf-fp32 "
+            f"{common.fmt(rec['hf_fp32_tokens_per_s'])}, plain {common.fmt(rec['plain_tokens_per_s'])} "
+            f"(matmul bf16 {bf16_seen[-1] / 1e9:.0f} / fp32 {f32_seen[-1] / 1e9:.0f} GFLOP/s)",
+            flush=True,
+        )
         results.append(rec)
     f32_seen.append(matmul_flops(torch.float32))
     bf16_seen.append(matmul_flops(torch.bfloat16))
@@ -224,45 +257,75 @@ def main(argv: list[str] | None = None) -> dict:
     at64 = next((r for r in results if r["batch_size"] == 64), None)
     speedup = at64.get("native_over_plain") if at64 else None
     agree = agreement(model, tok, n_agree, max_new) if n_agree else None
-    headline = {"best_fraction_of_ceiling": best["fraction_of_bf16_ceiling"],
-                "best_tokens_per_s": best["native_tokens_per_s"],
-                "ceiling_bf16_tokens_per_s": ceiling_bf16,
-                "speedup_vs_plain_generate_fp32": speedup}
+    headline = {
+        "best_fraction_of_ceiling": best["fraction_of_bf16_ceiling"],
+        "best_tokens_per_s": best["native_tokens_per_s"],
+        "ceiling_bf16_tokens_per_s": ceiling_bf16,
+        "speedup_vs_plain_generate_fp32": speedup,
+    }
     if agree:
         headline["greedy_teacher_forced_agreement"] = agree["teacher_forced_agreement"]
     common.print_table(
         f"Generated tokens/s, sampled T 0.7 / top-p 0.9, {max_new} new tokens (median of {repeats}); ceilings: bf16 "
         f"{ceiling_bf16:.0f} tok/s, fp32 {ceiling_fp32:.0f} tok/s ({n_params / 1e6:.1f}M params)",
-        ["batch", "native tok/s", "hf-fp32 tok/s", "plain tok/s", "native/plain", "native/hf-fp32",
-         "of bf16 ceiling"],
-        [[r["batch_size"], r["native_tokens_per_s"], r["hf_fp32_tokens_per_s"], r["plain_tokens_per_s"],
-          r.get("native_over_plain"), r.get("native_over_hf_fp32"), r["fraction_of_bf16_ceiling"]]
-         for r in results])
+        ["batch", "native tok/s", "hf-fp32 tok/s", "plain tok/s", "native/plain", "native/hf-fp32", "of bf16 ceiling"],
+        [
+            [
+                r["batch_size"],
+                r["native_tokens_per_s"],
+                r["hf_fp32_tokens_per_s"],
+                r["plain_tokens_per_s"],
+                r.get("native_over_plain"),
+                r.get("native_over_hf_fp32"),
+                r["fraction_of_bf16_ceiling"],
+            ]
+            for r in results
+        ],
+    )
     if agree:
-        print(f"greedy bf16 vs fp32 on {agree['prompts']} prompts: teacher-forced {agree['teacher_forced_agreement']:.3f}, "
-              f"free-running {agree['free_running_agreement']:.3f}, identical rows {agree['rows_identical']}")
+        print(
+            f"greedy bf16 vs fp32 on {agree['prompts']} prompts: "
+            f"teacher-forced {agree['teacher_forced_agreement']:.3f}, "
+            f"free-running {agree['free_running_agreement']:.3f}, identical rows {agree['rows_identical']}"
+        )
     settings = {
         "model": "tiny (random)" if args.quick else "embedded SmolLM2-135M-Instruct (no adapter)",
-        "parameters": n_params, "batch_sizes": sizes, "max_new_tokens": max_new, "repeats": repeats,
+        "parameters": n_params,
+        "batch_sizes": sizes,
+        "max_new_tokens": max_new,
+        "repeats": repeats,
         "sampling": "temperature 0.7, top_p 0.9, top_k 0 (configs/cpu-small.yaml)",
         "prompts": "packaged benign instructions, chat template applied; one prompt per batch row",
         "matmul": "2048x2048 torch.matmul in fp32 and bf16, best of 3, before each batch size and at the end",
-        "matmul_flops_fp32_peak": max(f32_seen), "matmul_flops_bf16_peak": max(bf16_seen),
-        "ceiling_fp32_tokens_per_s": ceiling_fp32, "ceiling_bf16_tokens_per_s": ceiling_bf16,
+        "matmul_flops_fp32_peak": max(f32_seen),
+        "matmul_flops_bf16_peak": max(bf16_seen),
+        "ceiling_fp32_tokens_per_s": ceiling_fp32,
+        "ceiling_bf16_tokens_per_s": ceiling_bf16,
         "native_weight_copy_and_warmup_s": weight_copy_s,
-        "best_batch_size": best["batch_size"], "statistic": "median over repeats", "quick": args.quick,
-        "wall_s": time.perf_counter() - t_start, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "best_batch_size": best["batch_size"],
+        "statistic": "median over repeats",
+        "quick": args.quick,
+        "wall_s": time.perf_counter() - t_start,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "agreement": agree,
     }
     meets = {"best_fraction_of_ceiling": headline["best_fraction_of_ceiling"] >= TARGET_FRACTION}
     if speedup is not None:
         meets["speedup_vs_plain_generate_fp32"] = speedup >= TARGET_SPEEDUP
-    payload = common.write_results(args.output, NAME, headline, machine, settings, results,
-                                   targets={"best_fraction_of_ceiling": TARGET_FRACTION,
-                                            "speedup_vs_plain_generate_fp32": TARGET_SPEEDUP},
-                                   meets_targets=meets)
-    print(f"best: B={best['batch_size']} {best['native_tokens_per_s']:.1f} tok/s = "
-          f"{headline['best_fraction_of_ceiling']:.1%} of the bf16 ceiling; wrote {args.output}")
+    payload = common.write_results(
+        args.output,
+        NAME,
+        headline,
+        machine,
+        settings,
+        results,
+        targets={"best_fraction_of_ceiling": TARGET_FRACTION, "speedup_vs_plain_generate_fp32": TARGET_SPEEDUP},
+        meets_targets=meets,
+    )
+    print(
+        f"best: B={best['batch_size']} {best['native_tokens_per_s']:.1f} tok/s = "
+        f"{headline['best_fraction_of_ceiling']:.1%} of the bf16 ceiling; wrote {args.output}"
+    )
     return payload
 
 

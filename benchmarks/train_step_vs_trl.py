@@ -47,16 +47,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-
 import torch  # noqa: E402
 
 NAME = "train_step_vs_trl"
 TARGET_RATIO = 1.0
 TOPICS = [
-    "the history of the printing press in Europe", "how bees communicate inside a hive",
-    "the causes and effects of the industrial revolution", "the water cycle and its role in climate",
-    "how vaccines train the immune system", "the invention of the telescope",
-    "the life cycle of a star", "why the Roman empire declined",
+    "the history of the printing press in Europe",
+    "how bees communicate inside a hive",
+    "the causes and effects of the industrial revolution",
+    "the water cycle and its role in climate",
+    "how vaccines train the immune system",
+    "the invention of the telescope",
+    "the life cycle of a star",
+    "why the Roman empire declined",
 ]
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
 
@@ -122,9 +125,17 @@ class SSPRunner:
         from ssp.rollout.base import ChatRequest
         from ssp.rollout.engines import build_rollout_engine
 
-        cfg = ModelConfig(name_or_path=str(model_dir), finetune=mode, max_prompt_tokens=768,
-                          lora=LoraConfig(r=LORA["r"], alpha=LORA["lora_alpha"], dropout=LORA["lora_dropout"],
-                                          target_modules=LORA["target_modules"]))
+        cfg = ModelConfig(
+            name_or_path=str(model_dir),
+            finetune=mode,
+            max_prompt_tokens=768,
+            lora=LoraConfig(
+                r=LORA["r"],
+                alpha=LORA["lora_alpha"],
+                dropout=LORA["lora_dropout"],
+                target_modules=LORA["target_modules"],
+            ),
+        )
         self.model, self.tok = load_policy(cfg, seed=0)
         self.reference = None
         if mode == "full" and s["beta"] > 0:  # as ssp's trainer does
@@ -132,8 +143,15 @@ class SSPRunner:
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=s["learning_rate"], weight_decay=0.0)
         self.engine = build_rollout_engine("auto", self.model, self.tok, 768, s["rollout_batch"], dtype=s["dtype"])
-        self.rl = RLConfig(learning_rate=s["learning_rate"], kl_coef=s["beta"], clip_eps=0.2,
-                           micro_batch_size=s["micro_batch"], epochs=1, max_grad_norm=1.0, compute_dtype=s["dtype"])
+        self.rl = RLConfig(
+            learning_rate=s["learning_rate"],
+            kl_coef=s["beta"],
+            clip_eps=0.2,
+            micro_batch_size=s["micro_batch"],
+            epochs=1,
+            max_grad_norm=1.0,
+            compute_dtype=s["dtype"],
+        )
         self.sampling = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=s["max_completion_length"])
         self.requests = [ChatRequest([{"role": "user", "content": p}]) for p in task_prompts(s["prompts"])]
         self.G = s["num_generations"]
@@ -152,8 +170,9 @@ class SSPRunner:
                 samples += [TrainSample("defender", c.prompt_ids, c.completion_ids, a) for c, a in zip(group, adv)]
                 prompt_tokens += sum(len(c.prompt_ids) for c in group)
             with common.timer(t, "update"):
-                stats = grpo_update(self.model, self.optimizer, samples, self.rl, self.tok.pad_token_id,
-                                    reference_model=self.reference)
+                stats = grpo_update(
+                    self.model, self.optimizer, samples, self.rl, self.tok.pad_token_id, reference_model=self.reference
+                )
                 self.engine.refresh_weights()  # the native engine's weight copy follows the update
         t["generate"] = self.gen_timer.take()
         t["completion_tokens"] = sum(len(s.completion_ids) for s in samples)
@@ -178,15 +197,38 @@ def build_trl(model_dir: Path, mode: str, s: dict, steps: int, workdir: Path, ca
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         args = GRPOConfig(
-            output_dir=str(workdir / f"trl-{mode}"), use_cpu=True, bf16=s["dtype"] == "bfloat16", fp16=False,
-            gradient_checkpointing=False, max_completion_length=s["max_completion_length"],
-            num_generations=s["num_generations"], per_device_train_batch_size=s["micro_batch"],
-            gradient_accumulation_steps=accumulation, steps_per_generation=accumulation,
-            learning_rate=s["learning_rate"], beta=s["beta"], epsilon=0.2, loss_type="dapo", scale_rewards="group",
-            use_bias_correction_kl=False, temperature=1.0, top_p=1.0, top_k=0, num_iterations=1,
-            lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-            max_steps=steps, logging_steps=1, report_to=[], save_strategy="no", seed=0, disable_tqdm=True,
-            model_init_kwargs={"dtype": "float32"}, dataloader_num_workers=0,
+            output_dir=str(workdir / f"trl-{mode}"),
+            use_cpu=True,
+            bf16=s["dtype"] == "bfloat16",
+            fp16=False,
+            gradient_checkpointing=False,
+            max_completion_length=s["max_completion_length"],
+            num_generations=s["num_generations"],
+            per_device_train_batch_size=s["micro_batch"],
+            gradient_accumulation_steps=accumulation,
+            steps_per_generation=accumulation,
+            learning_rate=s["learning_rate"],
+            beta=s["beta"],
+            epsilon=0.2,
+            loss_type="dapo",
+            scale_rewards="group",
+            use_bias_correction_kl=False,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            num_iterations=1,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            weight_decay=0.0,
+            max_grad_norm=1.0,
+            max_steps=steps,
+            logging_steps=1,
+            report_to=[],
+            save_strategy="no",
+            seed=0,
+            disable_tqdm=True,
+            model_init_kwargs={"dtype": "float32"},
+            dataloader_num_workers=0,
         )
     peft_config = None
     if mode == "lora":
@@ -202,8 +244,15 @@ def build_trl(model_dir: Path, mode: str, s: dict, steps: int, workdir: Path, ca
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = GRPOTrainer(model=str(model_dir), reward_funcs=vowel_reward, args=args, train_dataset=dataset,
-                              processing_class=tok, peft_config=peft_config, callbacks=callbacks)
+        trainer = GRPOTrainer(
+            model=str(model_dir),
+            reward_funcs=vowel_reward,
+            args=args,
+            train_dataset=dataset,
+            processing_class=tok,
+            peft_config=peft_config,
+            callbacks=callbacks,
+        )
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # its per-step log dicts would drown the table
@@ -213,8 +262,9 @@ def build_trl(model_dir: Path, mode: str, s: dict, steps: int, workdir: Path, ca
 # ---------------------------------------------------------------- equivalence check
 def check_equivalence(ssp: SSPRunner, trainer, s: dict) -> dict:
     """Same weights, same fixed batch: per-token log-probs and the loss value from both implementations."""
-    from ssp.rl.grpo import TrainSample, collate, completion_logprobs, token_loss_terms
     from trl.trainer.utils import pad
+
+    from ssp.rl.grpo import TrainSample, collate, completion_logprobs, token_loss_terms
 
     g = torch.Generator().manual_seed(0)
     vocab = ssp.model.config.vocab_size
@@ -222,17 +272,31 @@ def check_equivalence(ssp: SSPRunner, trainer, s: dict) -> dict:
     for i, req in enumerate(ssp.requests[:4]):
         prompt_ids = ssp.engine.encoder.encode(req)[0]
         n = max(2, s["max_completion_length"] - 3 * i)
-        samples.append(TrainSample("defender", prompt_ids, torch.randint(3, vocab, (n,), generator=g).tolist(),
-                                   advantage=float(torch.randn((), generator=g))))
+        samples.append(
+            TrainSample(
+                "defender",
+                prompt_ids,
+                torch.randint(3, vocab, (n,), generator=g).tolist(),
+                advantage=float(torch.randn((), generator=g)),
+            )
+        )
     trl_model = trainer.model  # same folder, untrained: equal weights (LoRA: B = 0, both equal the base model)
     ssp.model.train(), trl_model.train()
     tensors = collate(samples, ssp.tok.pad_token_id, torch.device("cpu"))
     logp = completion_logprobs(ssp.model, *tensors)
 
-    prompt_ids = pad([torch.tensor(x.prompt_ids) for x in samples], padding_value=ssp.tok.pad_token_id, padding_side="left")
-    prompt_mask = pad([torch.ones(len(x.prompt_ids), dtype=torch.long) for x in samples], padding_value=0, padding_side="left")
-    completion_ids = pad([torch.tensor(x.completion_ids) for x in samples], padding_value=ssp.tok.pad_token_id, padding_side="right")
-    completion_mask = pad([torch.ones(len(x.completion_ids), dtype=torch.long) for x in samples], padding_value=0, padding_side="right")
+    prompt_ids = pad(
+        [torch.tensor(x.prompt_ids) for x in samples], padding_value=ssp.tok.pad_token_id, padding_side="left"
+    )
+    prompt_mask = pad(
+        [torch.ones(len(x.prompt_ids), dtype=torch.long) for x in samples], padding_value=0, padding_side="left"
+    )
+    completion_ids = pad(
+        [torch.tensor(x.completion_ids) for x in samples], padding_value=ssp.tok.pad_token_id, padding_side="right"
+    )
+    completion_mask = pad(
+        [torch.ones(len(x.completion_ids), dtype=torch.long) for x in samples], padding_value=0, padding_side="right"
+    )
     input_ids = torch.cat([prompt_ids, completion_ids], 1)
     attention = torch.cat([prompt_mask, completion_mask], 1)
     trl_logp, _, _ = trainer._get_per_token_logps_and_entropies(trl_model, input_ids, attention, completion_ids.size(1))
@@ -245,21 +309,33 @@ def check_equivalence(ssp: SSPRunner, trainer, s: dict) -> dict:
     per_row = [len(x.completion_ids) for x in samples]
     adv = torch.cat([torch.full((n,), x.advantage) for x, n in zip(samples, per_row)])
     total = sum(per_row)
-    loss_tokens, _ = token_loss_terms(logp, logp.detach(), ref_flat, adv, torch.ones_like(adv), torch.zeros_like(adv),
-                                      clip_eps=0.2, kl_coef=s["beta"])
+    loss_tokens, _ = token_loss_terms(
+        logp, logp.detach(), ref_flat, adv, torch.ones_like(adv), torch.zeros_like(adv), clip_eps=0.2, kl_coef=s["beta"]
+    )
     ssp_loss = (loss_tokens.sum() / total).item()
     ref_padded = torch.zeros(completion_mask.shape)
     ref_padded[completion_mask.bool()] = trl_flat.detach() + noise
-    inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-              "completion_mask": completion_mask, "advantages": torch.tensor([x.advantage for x in samples]),
-              "ref_per_token_logps": ref_padded, "old_per_token_logps": None,
-              "num_items_in_batch": torch.tensor(float(total))}
+    inputs = {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": torch.tensor([x.advantage for x in samples]),
+        "ref_per_token_logps": ref_padded,
+        "old_per_token_logps": None,
+        "num_items_in_batch": torch.tensor(float(total)),
+    }
     trainer.current_gradient_accumulation_steps = trainer.args.steps_per_generation  # one window = the batch
     with torch.no_grad():
         trl_loss = trainer._compute_loss(trl_model, inputs).item()
     trainer._metrics["train"].clear()
-    return {"max_abs_logp_diff": logp_diff, "ssp_loss": ssp_loss, "trl_loss": trl_loss,
-            "loss_abs_diff": abs(ssp_loss - trl_loss), "tokens": total}
+    return {
+        "max_abs_logp_diff": logp_diff,
+        "ssp_loss": ssp_loss,
+        "trl_loss": trl_loss,
+        "loss_abs_diff": abs(ssp_loss - trl_loss),
+        "tokens": total,
+    }
 
 
 # ---------------------------------------------------------------- one mode
@@ -281,12 +357,16 @@ def run_mode(model_dir: Path, mode: str, s: dict, workdir: Path) -> dict:
 
         def on_step_end(self, args, state, control, **kw):
             trl_step = time.perf_counter() - self.t0
-            rows["trl"].append({"step": trl_step, "generate": self.trl_gen.take(),
-                                "completion_tokens": counter["completion_tokens"]})
+            rows["trl"].append(
+                {"step": trl_step, "generate": self.trl_gen.take(), "completion_tokens": counter["completion_tokens"]}
+            )
             counter["completion_tokens"] = 0
-            rows["ssp"].append(ssp.step())
-            print(f"  step {len(rows['ssp'])}: TRL {rows['trl'][-1]['step']:.1f} s, ssp {rows['ssp'][-1]['step']:.1f} s "
-                  f"(load {common.loadavg()})", flush=True)
+            rows["ssp"].append(ssp.step())  # noqa: F821 - `ssp` is bound below, before train() calls back
+            print(
+                f"  step {len(rows['ssp'])}: TRL {rows['trl'][-1]['step']:.1f} s, ssp {rows['ssp'][-1]['step']:.1f} s "
+                f"(load {common.loadavg()})",
+                flush=True,
+            )
             self.t0 = time.perf_counter()  # TRL's next step includes its logging of this one
 
     cb = Alternate()
@@ -298,12 +378,13 @@ def run_mode(model_dir: Path, mode: str, s: dict, workdir: Path) -> dict:
 
     out = {"mode": mode, "threads_after_trl_init": threads_after_trl, "equivalence": equivalence, "per_step": rows}
     for name, rs in rows.items():
-        measured = rs[s["warmup"]:]
+        measured = rs[s["warmup"] :]
         summary = {k: common.stats(r[k] for r in measured) for k in ("step", "generate")}
         summary["rest"] = common.stats(r["step"] - r["generate"] for r in measured)
         summary["completion_tokens"] = common.stats(r["completion_tokens"] for r in measured)
         summary["seconds_per_1k_completion_tokens"] = common.stats(
-            1000 * r["step"] / max(1, r["completion_tokens"]) for r in measured)
+            1000 * r["step"] / max(1, r["completion_tokens"]) for r in measured
+        )
         if name == "ssp":
             summary["update"] = common.stats(r["update"] for r in measured)
             summary["rollout"] = common.stats(r["rollout"] for r in measured)
@@ -311,8 +392,10 @@ def run_mode(model_dir: Path, mode: str, s: dict, workdir: Path) -> dict:
     out["ratio_ssp_over_trl"] = out["ssp"]["step"]["median"] / out["trl"]["step"]["median"]
     out["ratio_generate"] = out["ssp"]["generate"]["median"] / out["trl"]["generate"]["median"]
     out["ratio_rest"] = out["ssp"]["rest"]["median"] / out["trl"]["rest"]["median"]
-    out["ratio_per_token"] = (out["ssp"]["seconds_per_1k_completion_tokens"]["median"]
-                              / out["trl"]["seconds_per_1k_completion_tokens"]["median"])
+    out["ratio_per_token"] = (
+        out["ssp"]["seconds_per_1k_completion_tokens"]["median"]
+        / out["trl"]["seconds_per_1k_completion_tokens"]["median"]
+    )
     del trainer, ssp
     gc.collect()
     return out
@@ -329,8 +412,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--micro-batch", type=int, default=4, help="M: sequences per forward/backward")
     p.add_argument("--beta", type=float, default=0.02, help="KL coefficient (ssp rl.kl_coef default)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: 2e-4 LoRA, 1e-5 full)")
-    p.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
-                   help="compute dtype for both frameworks (bf16 autocast on fp32 weights, or fp32)")
+    p.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float32"],
+        default="bfloat16",
+        help="compute dtype for both frameworks (bf16 autocast on fp32 weights, or fp32)",
+    )
     args = p.parse_args(argv)
     common.apply_threads(args.threads)
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -340,12 +427,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     base = {
         "model": "tiny (random, saved to a temporary folder)" if args.quick else "embedded SmolLM2-135M-Instruct",
-        "prompts": args.prompts, "num_generations": args.num_generations,
+        "prompts": args.prompts,
+        "num_generations": args.num_generations,
         "max_completion_length": args.max_completion_length or (8 if args.quick else 48),
-        "micro_batch": args.micro_batch, "rollout_batch": args.prompts * args.num_generations,
-        "beta": args.beta, "steps": args.steps or (1 if args.quick else 3), "warmup": args.warmup,
-        "reward": "share of vowels among the completion's letters", "sampling": "temperature 1, top_p 1, top_k 0",
-        "quick": args.quick, "dtype": args.dtype,
+        "micro_batch": args.micro_batch,
+        "rollout_batch": args.prompts * args.num_generations,
+        "beta": args.beta,
+        "steps": args.steps or (1 if args.quick else 3),
+        "warmup": args.warmup,
+        "reward": "share of vowels among the completion's letters",
+        "sampling": "temperature 1, top_p 1, top_k 0",
+        "quick": args.quick,
+        "dtype": args.dtype,
     }
     if (base["prompts"] * base["num_generations"]) % base["micro_batch"]:
         p.error("prompts × num-generations must be a multiple of --micro-batch")
@@ -355,8 +448,10 @@ def main(argv: list[str] | None = None) -> dict:
         model_dir = prepare_model_dir(args.quick, Path(tmp))
         for mode in args.modes:
             s = {**base, "learning_rate": args.lr or (2e-4 if mode == "lora" else 1e-5)}
-            print(f"[{mode}] {s['warmup']} warm-up + {s['steps']} measured steps each, alternating TRL / ssp ...",
-                  flush=True)
+            print(
+                f"[{mode}] {s['warmup']} warm-up + {s['steps']} measured steps each, alternating TRL / ssp ...",
+                flush=True,
+            )
             results.append({**run_mode(model_dir, mode, s, Path(tmp)), "learning_rate": s["learning_rate"]})
 
     by_mode = {r["mode"]: r for r in results}
@@ -368,24 +463,54 @@ def main(argv: list[str] | None = None) -> dict:
     for r in results:
         for name in ("ssp", "trl"):
             x = r[name]
-            rows.append([f"{r['mode']} / {name}", x["step"]["median"], x["generate"]["median"], x["rest"]["median"],
-                         x["completion_tokens"]["median"], x["seconds_per_1k_completion_tokens"]["median"]])
-        rows.append([f"{r['mode']} ratio ssp/TRL", r["ratio_ssp_over_trl"], r["ratio_generate"], r["ratio_rest"],
-                     None, r["ratio_per_token"]])
-    common.print_table(f"GRPO step, ssp vs TRL (medians over {base['steps']} steps; target ratio ≤ {TARGET_RATIO})",
-                       ["mode / framework", "step s", "generate s", "rest s", "compl. tokens", "s per 1k tokens"], rows)
+            rows.append(
+                [
+                    f"{r['mode']} / {name}",
+                    x["step"]["median"],
+                    x["generate"]["median"],
+                    x["rest"]["median"],
+                    x["completion_tokens"]["median"],
+                    x["seconds_per_1k_completion_tokens"]["median"],
+                ]
+            )
+        rows.append(
+            [
+                f"{r['mode']} ratio ssp/TRL",
+                r["ratio_ssp_over_trl"],
+                r["ratio_generate"],
+                r["ratio_rest"],
+                None,
+                r["ratio_per_token"],
+            ]
+        )
+    common.print_table(
+        f"GRPO step, ssp vs TRL (medians over {base['steps']} steps; target ratio ≤ {TARGET_RATIO})",
+        ["mode / framework", "step s", "generate s", "rest s", "compl. tokens", "s per 1k tokens"],
+        rows,
+    )
     for r in results:
         e = r["equivalence"]
-        print(f"[{r['mode']}] equivalence: max |Δ log p| = {e['max_abs_logp_diff']:.2e}, loss ssp {e['ssp_loss']:.6f} "
-              f"vs TRL {e['trl_loss']:.6f} (|Δ| {e['loss_abs_diff']:.1e})")
-    settings = {**base, "wall_s": time.perf_counter() - t_start, "headline_mode": headline_mode,
-                "statistic": "median over measured steps; ratio = median ssp step / median TRL step",
-                "timing": "TRL step = wall time from the end of the previous ssp step to TRL's on_step_end "
-                          "(includes its data fetch, generation, scoring, reference and policy passes, optimizer "
-                          "and logging); ssp step = rollout + reward + grpo_update; generate = time inside the "
-                          "HF model's generate()"}
+        print(
+            f"[{r['mode']}] equivalence: max |Δ log p| = {e['max_abs_logp_diff']:.2e}, loss ssp {e['ssp_loss']:.6f} "
+            f"vs TRL {e['trl_loss']:.6f} (|Δ| {e['loss_abs_diff']:.1e})"
+        )
+    settings = {
+        **base,
+        "wall_s": time.perf_counter() - t_start,
+        "headline_mode": headline_mode,
+        "statistic": "median over measured steps; ratio = median ssp step / median TRL step",
+        "timing": "TRL step = wall time from the end of the previous ssp step to TRL's on_step_end "
+        "(includes its data fetch, generation, scoring, reference and policy passes, optimizer "
+        "and logging); ssp step = rollout + reward + grpo_update; generate = time inside the "
+        "HF model's generate()",
+    }
     payload = common.write_results(
-        args.output, NAME, headline, machine, settings, results,
+        args.output,
+        NAME,
+        headline,
+        machine,
+        settings,
+        results,
         targets={"ratio_ssp_over_trl": TARGET_RATIO},
         meets_targets={k: v <= TARGET_RATIO for k, v in headline.items()},
         differences=[
@@ -396,7 +521,8 @@ def main(argv: list[str] | None = None) -> dict:
             "TRL's optimizer is AdamW (torch, fused=True, its default); ssp's trainer uses torch AdamW (foreach).",
             "Sampled completions differ between the two (independent random draws); compare "
             "'seconds_per_1k_completion_tokens' when completion lengths differ.",
-        ])
+        ],
+    )
     print(f"wrote {args.output}")
     return payload
 

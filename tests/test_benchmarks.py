@@ -14,8 +14,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _run(script: str, out: Path, *extra: str) -> dict:
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick", "--output", str(out), *extra],
-                          cwd=REPO, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), "--quick", "--output", str(out), *extra],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())
 

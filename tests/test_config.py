@@ -1,7 +1,7 @@
 import pytest
+from tests.conftest import REPO
 
 from ssp.config import ConfigError, load_config
-from tests.conftest import REPO
 
 
 def test_defaults_are_the_embedded_default():
@@ -17,12 +17,15 @@ def test_overrides_are_typed_and_nested(tmp_path):
     assert cfg.model.name_or_path == "tiny"  # from the file
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("run.max_stepz=2", "run.max_stepz: unknown key"),
-    ("replay.mode=sometimes", "replay.mode"),
-    ("rl.learning_rate=-1", "rl.learning_rate"),
-    ("nosuchsection.x=1", "nosuchsection: unknown key"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("run.max_stepz=2", "run.max_stepz: unknown key"),
+        ("replay.mode=sometimes", "replay.mode"),
+        ("rl.learning_rate=-1", "rl.learning_rate"),
+        ("nosuchsection.x=1", "nosuchsection: unknown key"),
+    ],
+)
 def test_bad_keys_name_the_key_and_reason(override, fragment):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])

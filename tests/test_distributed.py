@@ -12,17 +12,44 @@ from safetensors.torch import load_file
 from tests.conftest import REPO
 
 # Greedy rollouts make the global batch independent of how it is split over ranks.
-ARGS = ["train", "-c", str(REPO / "configs" / "tiny.yaml"), "--quiet",
-        "--set", "run.max_steps=3", "--set", "run.checkpoint_every=2",
-        "--set", "rollout.attacker.temperature=0", "--set", "rollout.defender.temperature=0",
-        "--set", "run.threads=1"]
+ARGS = [
+    "train",
+    "-c",
+    str(REPO / "configs" / "tiny.yaml"),
+    "--quiet",
+    "--set",
+    "run.max_steps=3",
+    "--set",
+    "run.checkpoint_every=2",
+    "--set",
+    "rollout.attacker.temperature=0",
+    "--set",
+    "rollout.defender.temperature=0",
+    "--set",
+    "run.threads=1",
+]
 
 
 def _launch(n: int, out, extra=()):
     # accelerate's `--cpu` flag runs one process (or needs mpirun); `--multi_gpu` starts torchrun workers,
     # which use gloo on the CPU when no GPU is present. One process: a plain run.
-    launcher = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n), "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no"] if n > 1 else []
+    launcher = (
+        [
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(n),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
+        if n > 1
+        else []
+    )
     cmd = [sys.executable, *launcher, "-m", "ssp", *ARGS, "-o", str(out), *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29500 + n + os.getpid() % 1000)}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)

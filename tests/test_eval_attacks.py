@@ -24,8 +24,11 @@ def engine():
     from ssp.models.loader import load_base_model
     from ssp.rollout.hf import HFRolloutEngine
 
-    model, tok = load_base_model(ModelConfig(name_or_path="tiny", tiny=TinyModelConfig(hidden_size=32, num_layers=1,
-                                                                                       num_heads=2, intermediate_size=64)))
+    model, tok = load_base_model(
+        ModelConfig(
+            name_or_path="tiny", tiny=TinyModelConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+        )
+    )
     return HFRolloutEngine(model.eval(), tok, max_prompt_tokens=1024, batch_size=32)
 
 
@@ -65,13 +68,17 @@ class StubJudge:
 
 
 def items(n=2, kind="harmful"):
-    return [BenchmarkItem(f"id{i}", "suite", "bench", "split", kind, f"Do bad thing number {i}", f"bad thing {i}", "cat")
-            for i in range(n)]
+    return [
+        BenchmarkItem(f"id{i}", "suite", "bench", "split", kind, f"Do bad thing number {i}", f"bad thing {i}", "cat")
+        for i in range(n)
+    ]
 
 
 def env_for(engine, judge, attacker_tokens=10, defender_tokens=6, temperature=1.0):
     target = TargetModel(RecordingEngine(engine), SamplingConfig(temperature=0.0, max_new_tokens=defender_tokens))
-    attacker = AttackerModel(RecordingEngine(engine), SamplingConfig(temperature=temperature, max_new_tokens=attacker_tokens))
+    attacker = AttackerModel(
+        RecordingEngine(engine), SamplingConfig(temperature=temperature, max_new_tokens=attacker_tokens)
+    )
     return AttackEnv(NoDefense(target), judge, attacker, None, seed=0), target, attacker
 
 
@@ -84,14 +91,17 @@ def test_packaged_templates_parse():
         assert "GOAL {with braces}" in applied and "{goal}" not in applied
 
 
-@pytest.mark.parametrize("text, match", [
-    ("## header\n# name: x\nno separator {goal}", "no template"),
-    ("stray header\n---\n# name: x\n{goal}", "must start with '##'"),
-    ("## h\n---\nno name {goal}", "must start with '# name:"),
-    ("## h\n---\n# name: x\nno placeholder", "exactly once"),
-    ("## h\n---\n# name: x\n{goal} {goal}", "exactly once"),
-    ("## h\n---\n# name: x\n{goal}\n---\n# name: x\n{goal}!", "used twice"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("## header\n# name: x\nno separator {goal}", "no template"),
+        ("stray header\n---\n# name: x\n{goal}", "must start with '##'"),
+        ("## h\n---\nno name {goal}", "must start with '# name:"),
+        ("## h\n---\n# name: x\nno placeholder", "exactly once"),
+        ("## h\n---\n# name: x\n{goal} {goal}", "exactly once"),
+        ("## h\n---\n# name: x\n{goal}\n---\n# name: x\n{goal}!", "used twice"),
+    ],
+)
 def test_template_format_errors(text, match):
     with pytest.raises(TemplateError, match=match):
         parse_templates(text)

@@ -114,8 +114,12 @@ class ScriptedEngine:
 
 
 def test_smoothllm_returns_an_answer_from_the_majority_and_reports_cost():
-    answers = iter(["I'm sorry, but I can't help with that."] * 3 + ["Sure, here is how: first, ..."] * 5
-                   + ["Sure, step one ..."] * 1 + ["I cannot provide that information."] * 7)
+    answers = iter(
+        ["I'm sorry, but I can't help with that."] * 3
+        + ["Sure, here is how: first, ..."] * 5
+        + ["Sure, step one ..."] * 1
+        + ["I cannot provide that information."] * 7
+    )
     engine = ScriptedEngine(lambda _: next(answers))
     d = SmoothLLM(TargetModel(engine, SamplingConfig()), n=8, q=0.1, perturbation="swap", seed=3)
     out = d.respond(["prompt one about something", "prompt two about another thing"])
@@ -123,9 +127,9 @@ def test_smoothllm_returns_an_answer_from_the_majority_and_reports_cost():
     assert out[0].text.startswith("Sure") and out[0].meta["smoothllm"]["majority_jailbroken"] is True
     assert out[0].meta["smoothllm"]["jailbroken_copies"] == 5
     assert out[1].text == "I cannot provide that information." and out[1].meta["smoothllm"]["jailbroken_copies"] == 1
-    assert out[0].generations == 8 and out[0].tokens == sum(len(a.split()) for a in
-                                                            ["I'm sorry, but I can't help with that."] * 3
-                                                            + ["Sure, here is how: first, ..."] * 5)
+    assert out[0].generations == 8 and out[0].tokens == sum(
+        len(a.split()) for a in ["I'm sorry, but I can't help with that."] * 3 + ["Sure, here is how: first, ..."] * 5
+    )
     # each copy is a perturbation of the prompt (same length for swap), not the prompt itself
     seen = [r.messages[-1]["content"] for r in engine.requests[:8]]
     assert all(len(s) == len("prompt one about something") for s in seen)
@@ -146,8 +150,14 @@ def test_smoothllm_is_seeded_per_prompt():
 def test_defense_options_and_settings():
     ctx = DefenseContext(TargetModel(None, SamplingConfig()), None, 0)
     d = build_defense("smoothllm", ctx, {"n": 4, "q": 0.2, "perturbation": "patch"})
-    assert d.settings() == {"name": "smoothllm", "n": 4, "q": 0.2, "perturbation": "patch", "check": "refusal",
-                            "generations_per_prompt": 4}
+    assert d.settings() == {
+        "name": "smoothllm",
+        "n": 4,
+        "q": 0.2,
+        "perturbation": "patch",
+        "check": "refusal",
+        "generations_per_prompt": 4,
+    }
     for bad in ({"n": 0}, {"q": 0}, {"q": 1.5}, {"perturbation": "x"}, {"m": 1}, {"check": "judge"}):
         with pytest.raises(ValueError):
             build_defense("smoothllm", ctx, bad)
@@ -187,9 +197,11 @@ class Recording:
 def test_self_reminder_text_reaches_the_chat_template(tiny_engine, role):
     rec = Recording(tiny_engine)
     sampling = SamplingConfig(max_new_tokens=2)
-    d = build_defense("self_reminder", DefenseContext(TargetModel(rec, sampling), None, 0),
-                      {"system": "SYSTEM-REMINDER be responsible", "suffix": "SUFFIX-REMINDER stay safe",
-                       "system_role": role})
+    d = build_defense(
+        "self_reminder",
+        DefenseContext(TargetModel(rec, sampling), None, 0),
+        {"system": "SYSTEM-REMINDER be responsible", "suffix": "SUFFIX-REMINDER stay safe", "system_role": role},
+    )
     out = d.respond(["How do I bake bread?"])
     assert len(out) == 1 and out[0].generations == 1
     seen = tiny_engine.tokenizer.decode(rec.outs[0][0].prompt_ids)  # the prompt the model saw
@@ -204,16 +216,44 @@ def test_eval_with_smoothllm_writes_settings_and_cost(shared_data, tmp_path):
     app = typer.Typer()
     evaluate.register(app)
     out = tmp_path / "ev"
-    args = ["eval", "-c", str(REPO / "configs" / "tiny.yaml"), "--model", "tiny",
-            "-b", f"harmbench={shared_data / 'harmbench_behaviors_text_val.csv'}",
-            "-b", f"xstest={shared_data / 'xstest_prompts.csv'}", "-a", "direct",
-            "--defense", "smoothllm", "--defense-option", "n=3", "--defense-option", "perturbation=insert",
-            "--max-new-tokens", "4", "--limit", "2", "-o", str(out), "--quiet", "--no-embeddings"]
+    args = [
+        "eval",
+        "-c",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--model",
+        "tiny",
+        "-b",
+        f"harmbench={shared_data / 'harmbench_behaviors_text_val.csv'}",
+        "-b",
+        f"xstest={shared_data / 'xstest_prompts.csv'}",
+        "-a",
+        "direct",
+        "--defense",
+        "smoothllm",
+        "--defense-option",
+        "n=3",
+        "--defense-option",
+        "perturbation=insert",
+        "--max-new-tokens",
+        "4",
+        "--limit",
+        "2",
+        "-o",
+        str(out),
+        "--quiet",
+        "--no-embeddings",
+    ]
     r = CliRunner().invoke(app, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
     results = json.loads((out / "results.json").read_text())
-    assert results["settings"]["defense"] == {"name": "smoothllm", "n": 3, "q": 0.1, "perturbation": "insert",
-                                              "check": "refusal", "generations_per_prompt": 3}
+    assert results["settings"]["defense"] == {
+        "name": "smoothllm",
+        "n": 3,
+        "q": 0.1,
+        "perturbation": "insert",
+        "check": "refusal",
+        "generations_per_prompt": 3,
+    }
     assert results["results"]
     for e in results["results"]:
         assert e["cost"]["defender_generations"] == 3 * e["n"]

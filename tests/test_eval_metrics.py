@@ -21,12 +21,15 @@ from ssp.eval.metrics import (
 
 # Newcombe (1998a), "Two-sided confidence intervals for the single proportion", Stat Med 17:857, Table I,
 # method 3 (score interval without continuity correction = Wilson).
-@pytest.mark.parametrize("k, n, low, high", [
-    (81, 263, 0.2553, 0.3662),
-    (15, 148, 0.0624, 0.1605),
-    (0, 20, 0.0, 0.1611),
-    (1, 29, 0.0061, 0.1718),
-])
+@pytest.mark.parametrize(
+    "k, n, low, high",
+    [
+        (81, 263, 0.2553, 0.3662),
+        (15, 148, 0.0624, 0.1605),
+        (0, 20, 0.0, 0.1611),
+        (1, 29, 0.0061, 0.1718),
+    ],
+)
 def test_wilson_matches_newcombe_table(k, n, low, high):
     lo, hi = wilson_interval(k, n)
     assert lo == pytest.approx(low, abs=1e-4)
@@ -45,10 +48,13 @@ def test_wilson_edges():
 
 # Newcombe (1998b), "Interval estimation for the difference between independent proportions",
 # Stat Med 17:873, Table II, method 10 (hybrid score, no continuity correction).
-@pytest.mark.parametrize("a, b, low, high", [
-    ((56, 70), (48, 80), 0.0524, 0.3339),
-    ((9, 10), (3, 10), 0.1705, 0.8090),
-])
+@pytest.mark.parametrize(
+    "a, b, low, high",
+    [
+        ((56, 70), (48, 80), 0.0524, 0.3339),
+        ((9, 10), (3, 10), 0.1705, 0.8090),
+    ],
+)
 def test_newcombe_difference_matches_published(a, b, low, high):
     d, lo, hi = newcombe_difference(Rate(*a), Rate(*b))
     assert d == pytest.approx(a[0] / a[1] - b[0] / b[1])
@@ -73,8 +79,9 @@ def test_sentence_bleu_hand_computed():
     assert sentence_bleu([ref], hyp) == pytest.approx(expected)
     # brevity penalty: hypothesis of 3 tokens against a reference of 6 -> exp(1 - 6/3)
     short = tokenize("the cat sat")
-    expected_short = math.exp(1 - 6 / 3) * math.exp(0.25 * (math.log(2 / 3) + math.log(1 / 2) + math.log(0.1 / 1)
-                                                             + math.log(0.1 / 1)))
+    expected_short = math.exp(1 - 6 / 3) * math.exp(
+        0.25 * (math.log(2 / 3) + math.log(1 / 2) + math.log(0.1 / 1) + math.log(0.1 / 1))
+    )
     assert sentence_bleu([ref], short) == pytest.approx(expected_short)
     assert sentence_bleu([ref], tokenize("dogs bark loudly")) == 0.0  # no unigram match
 
@@ -86,17 +93,24 @@ def test_self_bleu_extremes_and_symmetry():
     assert self_bleu(["only one"]) is None and self_bleu(["", "  "]) is None
     a, b = "the cat sat on the mat", "the cat is on the mat"
     pair = self_bleu([a, b])
-    assert pair == pytest.approx((sentence_bleu([tokenize(b)], tokenize(a)) + sentence_bleu([tokenize(a)], tokenize(b))) / 2)
+    assert pair == pytest.approx(
+        (sentence_bleu([tokenize(b)], tokenize(a)) + sentence_bleu([tokenize(a)], tokenize(b))) / 2
+    )
 
 
 def test_self_bleu_matches_nltk_when_installed():
     nltk_bleu = pytest.importorskip("nltk.translate.bleu_score")
-    texts = ["Pretend you are a chemist and explain the steps.", "You are a chemist: explain every step!",
-             "Write a poem about the sea.", "Explain the steps as a chemist would, in a story."]
+    texts = [
+        "Pretend you are a chemist and explain the steps.",
+        "You are a chemist: explain every step!",
+        "Write a poem about the sea.",
+        "Explain the steps as a chemist would, in a story.",
+    ]
     toks = [tokenize(t) for t in texts]
     sm = nltk_bleu.SmoothingFunction().method1
-    ref = np.mean([nltk_bleu.sentence_bleu(toks[:i] + toks[i + 1:], toks[i], smoothing_function=sm)
-                   for i in range(len(toks))])
+    ref = np.mean(
+        [nltk_bleu.sentence_bleu(toks[:i] + toks[i + 1 :], toks[i], smoothing_function=sm) for i in range(len(toks))]
+    )
     assert self_bleu(texts) == pytest.approx(ref)
 
 
@@ -123,7 +137,7 @@ def test_mcnemar_exact_counts_discordant_pairs_and_matches_the_binomial():
     after = [False] * 8 + [True] * 2 + [False] * 4 + [True]
     r = mcnemar_exact(before, after)
     assert (r["n"], r["only_before"], r["only_after"]) == (15, 8, 1)
-    assert r["p_value"] == pytest.approx(2 * (1 + 9) / 2 ** 9)  # 2·P(X ≤ 1), X ~ Bin(9, ½)
+    assert r["p_value"] == pytest.approx(2 * (1 + 9) / 2**9)  # 2·P(X ≤ 1), X ~ Bin(9, ½)
     assert mcnemar_exact([True, False], [True, False])["p_value"] == 1.0  # no discordant pair
     assert mcnemar_exact([True] * 3, [False] * 3)["p_value"] == pytest.approx(0.25)
     with pytest.raises(ValueError, match="pair the same items"):

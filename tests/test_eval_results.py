@@ -8,17 +8,41 @@ from ssp.eval.results import aggregate, build_results, compare_results, compare_
 def verdict(harmful=False, refused=False, score=None, valid=True):
     if score is None:
         score = 5.0 if harmful else (1.0 if refused else 2.0)
-    return {"score": score if valid else None, "refused": refused, "harmful": harmful, "on_topic": True,
-            "rationale": "r", "valid": valid, "raw": ""}
+    return {
+        "score": score if valid else None,
+        "refused": refused,
+        "harmful": harmful,
+        "on_topic": True,
+        "rationale": "r",
+        "valid": valid,
+        "raw": "",
+    }
 
 
 def sample(i, v=None, prompt="p", **meta):
-    return {"index": i, "prompt": prompt, "response": "resp", "verdict": v, "meta": meta, "cost": {"defender_generations": 1}}
+    return {
+        "index": i,
+        "prompt": prompt,
+        "response": "resp",
+        "verdict": v,
+        "meta": meta,
+        "cost": {"defender_generations": 1},
+    }
 
 
 def rec(item_id, samples, category="c", suite="s", attack="template", kind="harmful"):
-    return {"suite": suite, "benchmark": "b", "split": "x", "kind": kind, "attack": attack, "item_id": item_id,
-            "category": category, "goal": "g", "samples": samples, "time_s": 0.5}
+    return {
+        "suite": suite,
+        "benchmark": "b",
+        "split": "x",
+        "kind": kind,
+        "attack": attack,
+        "item_id": item_id,
+        "category": category,
+        "goal": "g",
+        "samples": samples,
+        "time_s": 0.5,
+    }
 
 
 def test_item_outcome_rules():
@@ -60,18 +84,30 @@ def test_aggregate_counts_rates_and_categories():
 
 
 def test_pair_asr_by_round_is_cumulative():
-    records = [rec(str(i), [sample(0, verdict(harmful=r == 1), round=1)] + (
-        [sample(1, verdict(harmful=True), round=2)] if r == 2 else []), attack="pair") for i, r in enumerate([1, 2, 0, 0])]
+    records = [
+        rec(
+            str(i),
+            [sample(0, verdict(harmful=r == 1), round=1)]
+            + ([sample(1, verdict(harmful=True), round=2)] if r == 2 else []),
+            attack="pair",
+        )
+        for i, r in enumerate([1, 2, 0, 0])
+    ]
     e = aggregate(records, "harmful", "pair", {"rounds": 3}, embed=False)
     by = e["breakdown"]["asr_by_round"]
     assert [by[k]["k"] for k in ("1", "2", "3")] == [1, 2, 2] and by["1"]["n"] == 4
 
 
 def test_build_results_filters_requested_items_and_skips_attacks_on_benign():
-    records = [rec("1", [sample(0, verdict())], attack="direct"), rec("2", [sample(0, verdict(harmful=True))], attack="direct"),
-               rec("1", [sample(0, verdict(refused=True))], suite="ben", kind="benign", attack="direct")]
-    suites = [{"suite": "s", "benchmark": "b", "split": "x", "kind": "harmful", "item_ids": ["1"]},
-              {"suite": "ben", "benchmark": "b", "split": "y", "kind": "benign", "item_ids": ["1"]}]
+    records = [
+        rec("1", [sample(0, verdict())], attack="direct"),
+        rec("2", [sample(0, verdict(harmful=True))], attack="direct"),
+        rec("1", [sample(0, verdict(refused=True))], suite="ben", kind="benign", attack="direct"),
+    ]
+    suites = [
+        {"suite": "s", "benchmark": "b", "split": "x", "kind": "harmful", "item_ids": ["1"]},
+        {"suite": "ben", "benchmark": "b", "split": "y", "kind": "benign", "item_ids": ["1"]},
+    ]
     res = build_results(records, suites, {"direct": {"samples": 1}, "template": {"samples": 2}}, {"k": 1}, embed=False)
     assert [(e["suite"], e["attack"], e["n"]) for e in res["results"]] == [("s", "direct", 1), ("ben", "direct", 1)]
     assert res["results"][0]["metrics"]["asr"]["k"] == 0  # item "2" was not requested
@@ -81,14 +117,29 @@ def test_build_results_filters_requested_items_and_skips_attacks_on_benign():
 
 def test_compare_rows_deltas_and_overlap():
     def results(asr_k, ref_k):
-        return {"results": [
-            {"suite": "h", "attack": "direct", "kind": "harmful", "metrics": {
-                "asr": {"k": asr_k, "n": 20, "rate": asr_k / 20, "ci_low": 0, "ci_high": 1},
-                "compliance_rate": {"k": asr_k, "n": 20, "rate": asr_k / 20},
-                "refusal_rate": {"k": 20 - asr_k, "n": 20, "rate": (20 - asr_k) / 20}}},
-            {"suite": "safe", "attack": "direct", "kind": "benign", "metrics": {
-                "refusal_rate": {"k": ref_k, "n": 20, "rate": ref_k / 20},
-                "compliance_rate": {"k": 20 - ref_k, "n": 20, "rate": (20 - ref_k) / 20}}}]}
+        return {
+            "results": [
+                {
+                    "suite": "h",
+                    "attack": "direct",
+                    "kind": "harmful",
+                    "metrics": {
+                        "asr": {"k": asr_k, "n": 20, "rate": asr_k / 20, "ci_low": 0, "ci_high": 1},
+                        "compliance_rate": {"k": asr_k, "n": 20, "rate": asr_k / 20},
+                        "refusal_rate": {"k": 20 - asr_k, "n": 20, "rate": (20 - asr_k) / 20},
+                    },
+                },
+                {
+                    "suite": "safe",
+                    "attack": "direct",
+                    "kind": "benign",
+                    "metrics": {
+                        "refusal_rate": {"k": ref_k, "n": 20, "rate": ref_k / 20},
+                        "compliance_rate": {"k": 20 - ref_k, "n": 20, "rate": (20 - ref_k) / 20},
+                    },
+                },
+            ]
+        }
 
     rows = compare_results([results(18, 1), results(2, 3)], ["base", "ssp"])
     asr = next(r for r in rows if r["suite"] == "h" and r["metric"] == "asr")
@@ -106,9 +157,20 @@ def test_compare_rows_deltas_and_overlap():
 
 
 def test_compare_handles_missing_entries():
-    a = {"results": [{"suite": "h", "attack": "self", "kind": "harmful", "metrics": {
-        "asr": {"k": 1, "n": 2, "rate": 0.5}, "compliance_rate": {"k": 1, "n": 2, "rate": 0.5},
-        "refusal_rate": {"k": 1, "n": 2, "rate": 0.5}}}]}
+    a = {
+        "results": [
+            {
+                "suite": "h",
+                "attack": "self",
+                "kind": "harmful",
+                "metrics": {
+                    "asr": {"k": 1, "n": 2, "rate": 0.5},
+                    "compliance_rate": {"k": 1, "n": 2, "rate": 0.5},
+                    "refusal_rate": {"k": 1, "n": 2, "rate": 0.5},
+                },
+            }
+        ]
+    }
     rows = compare_results([a, {"results": []}], ["a", "b"])
     assert all(r["columns"][1]["value"] is None and "delta" not in r["columns"][1] for r in rows)
     header, cells = compare_table(rows, ["a", "b"])

@@ -43,11 +43,42 @@ def data(tmp_path_factory):
 
 
 def base_args(data, out, limit=2, extra=()):
-    return ["eval", "-c", str(REPO / "configs" / "tiny.yaml"), "-b", f"harmbench={data / 'hb.csv'}",
-            "-b", f"xstest={data / 'xs.csv'}", "-a", "direct", "-a", "template", "--template", "prefix_injection",
-            "--template", "roleplay_novelist", "-a", "self", "--self-samples", "2", "-a", "pair", "--pair-rounds", "2",
-            "--max-new-tokens", "6", "--attacker-max-new-tokens", "8", "--limit", str(limit), "-o", str(out),
-            "--quiet", "--no-embeddings", *extra]
+    return [
+        "eval",
+        "-c",
+        str(REPO / "configs" / "tiny.yaml"),
+        "-b",
+        f"harmbench={data / 'hb.csv'}",
+        "-b",
+        f"xstest={data / 'xs.csv'}",
+        "-a",
+        "direct",
+        "-a",
+        "template",
+        "--template",
+        "prefix_injection",
+        "--template",
+        "roleplay_novelist",
+        "-a",
+        "self",
+        "--self-samples",
+        "2",
+        "-a",
+        "pair",
+        "--pair-rounds",
+        "2",
+        "--max-new-tokens",
+        "6",
+        "--attacker-max-new-tokens",
+        "8",
+        "--limit",
+        str(limit),
+        "-o",
+        str(out),
+        "--quiet",
+        "--no-embeddings",
+        *extra,
+    ]
 
 
 def run(app, args):
@@ -138,7 +169,9 @@ def test_eval_errors_are_readable(app, data, tmp_path):
     assert r.exit_code == 2 and "unknown attack" in r.output
     r = runner.invoke(app, ["eval", "--list"])
     assert r.exit_code == 0 and "harmbench" in r.output and "orbench" in r.output
-    r = runner.invoke(app, ["eval", "-b", f"xstest={data / 'xs.csv'}", "--adapter", str(tmp_path), "-o", str(tmp_path / "y")])
+    r = runner.invoke(
+        app, ["eval", "-b", f"xstest={data / 'xs.csv'}", "--adapter", str(tmp_path), "-o", str(tmp_path / "y")]
+    )
     assert r.exit_code == 2 and "no peft adapter" in r.output
     r = runner.invoke(app, ["compare", str(tmp_path)])
     assert r.exit_code == 2
@@ -157,12 +190,36 @@ def test_adapter_from_a_training_run(app, data, tmp_path):
     from ssp.training.trainer import Trainer
 
     run_dir = tmp_path / "run"
-    cfg = load_config(REPO / "configs" / "tiny.yaml", ["run.max_steps=1", "run.checkpoint_every=1", "game.goals_per_step=1",
-                                                        "replay.per_step=0", "run.log_exchanges=2"])
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            "run.max_steps=1",
+            "run.checkpoint_every=1",
+            "game.goals_per_step=1",
+            "replay.per_step=0",
+            "run.log_exchanges=2",
+        ],
+    )
     Trainer(cfg, run_dir, progress=False).train()
     out = tmp_path / "ev"
-    r = run(app, ["eval", "--adapter", str(run_dir), "-b", f"xstest:safe={data / 'xs.csv'}", "--max-new-tokens", "4",
-                  "-o", str(out), "--quiet", "--no-embeddings", "--judge-option", "topicality=false"])
+    r = run(
+        app,
+        [
+            "eval",
+            "--adapter",
+            str(run_dir),
+            "-b",
+            f"xstest:safe={data / 'xs.csv'}",
+            "--max-new-tokens",
+            "4",
+            "-o",
+            str(out),
+            "--quiet",
+            "--no-embeddings",
+            "--judge-option",
+            "topicality=false",
+        ],
+    )
     assert r.exit_code == 0, r.output
     s = json.loads((out / "results.json").read_text())["settings"]
     assert s["adapter"].endswith("weights") and s["model"]["name_or_path"] == "tiny"
@@ -193,13 +250,25 @@ def test_eval_config_file_equals_the_command_line(app, data, tmp_path, monkeypat
 
     seen = []
     monkeypatch.setattr(evaluate, "run_evaluation", seen.append)
-    cli = base_args(data, tmp_path / "ev", extra=["--judge-option", "topicality=false", "--defense", "self_reminder",
-                                                  "--benchmark-option", "xstest.prompt=prompt", "--seed", "3"])
+    cli = base_args(
+        data,
+        tmp_path / "ev",
+        extra=[
+            "--judge-option",
+            "topicality=false",
+            "--defense",
+            "self_reminder",
+            "--benchmark-option",
+            "xstest.prompt=prompt",
+            "--seed",
+            "3",
+        ],
+    )
     yaml_file = tmp_path / "eval.yaml"
     yaml_file.write_text(f"""
-config: {REPO / 'configs' / 'tiny.yaml'}
-output: {tmp_path / 'ev'}
-benchmarks: ["harmbench={data / 'hb.csv'}", "xstest={data / 'xs.csv'}"]
+config: {REPO / "configs" / "tiny.yaml"}
+output: {tmp_path / "ev"}
+benchmarks: ["harmbench={data / "hb.csv"}", "xstest={data / "xs.csv"}"]
 benchmark_options: {{xstest: {{prompt: prompt}}}}
 attacks: [direct, template, self, pair]
 template_names: [prefix_injection, roleplay_novelist]

@@ -21,12 +21,23 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from tests.conftest import REPO
 
 STEPS = 3
-ARGS = ["train", "-c", str(REPO / "configs" / "tiny.yaml"), "--quiet", "--set", "run.checkpoint_every=1",
-        "--set", "rollout.attacker.temperature=0", "--set", "rollout.defender.temperature=0", "--set", "run.threads=1"]
+ARGS = [
+    "train",
+    "-c",
+    str(REPO / "configs" / "tiny.yaml"),
+    "--quiet",
+    "--set",
+    "run.checkpoint_every=1",
+    "--set",
+    "rollout.attacker.temperature=0",
+    "--set",
+    "rollout.defender.temperature=0",
+    "--set",
+    "run.threads=1",
+]
 # Equal up to float summation order (the loss of a 2-rank run is a sum of two partial sums).
 LOSS_TOL = dict(rel=1e-3, abs=1e-5)
 WEIGHT_TOL = 1e-4
@@ -38,8 +49,20 @@ def _port() -> int:
 
 def _command(processes: int, out: Path, steps: int, extra=(), preset: str = "fsdp.yaml") -> list[str]:
     """One process: a plain run. Two: `accelerate launch` with the repository's preset, verbatim."""
-    launcher = ["-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs" / "accelerate" / preset),
-                "--num_processes", str(processes), "--main_process_port", str(_port())] if processes > 1 else []
+    launcher = (
+        [
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO / "configs" / "accelerate" / preset),
+            "--num_processes",
+            str(processes),
+            "--main_process_port",
+            str(_port()),
+        ]
+        if processes > 1
+        else []
+    )
     return [sys.executable, *launcher, "-m", "ssp", *ARGS, "--set", f"run.max_steps={steps}", "-o", str(out), *extra]
 
 
@@ -48,8 +71,9 @@ def _env() -> dict[str, str]:
 
 
 def run(processes: int, out: Path, steps: int = STEPS, extra=()):
-    res = subprocess.run(_command(processes, out, steps, extra), capture_output=True, text=True, env=_env(),
-                         timeout=600, cwd=REPO)
+    res = subprocess.run(
+        _command(processes, out, steps, extra), capture_output=True, text=True, env=_env(), timeout=600, cwd=REPO
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return rows, json.loads((out / "summary.json").read_text())

@@ -15,16 +15,30 @@ import subprocess
 import sys
 
 import pytest
-
 from tests.conftest import REPO
 from tests.test_fsdp import LOSS_TOL, WEIGHT_TOL, final_weights, max_difference
 
 pytest.importorskip("deepspeed")
 
 STEPS = 2
-ARGS = ["-m", "ssp", "train", "-c", str(REPO / "configs" / "tiny.yaml"), "--quiet", "--set", "run.checkpoint_every=1",
-        "--set", "rollout.attacker.temperature=0", "--set", "rollout.defender.temperature=0", "--set", "run.threads=1",
-        "--set", "rl.micro_batch_size=2"]
+ARGS = [
+    "-m",
+    "ssp",
+    "train",
+    "-c",
+    str(REPO / "configs" / "tiny.yaml"),
+    "--quiet",
+    "--set",
+    "run.checkpoint_every=1",
+    "--set",
+    "rollout.attacker.temperature=0",
+    "--set",
+    "rollout.defender.temperature=0",
+    "--set",
+    "run.threads=1",
+    "--set",
+    "rl.micro_batch_size=2",
+]
 FULL = ["--set", "model.finetune=full", "--set", "rl.kl_coef=0.05", "--set", "rl.learning_rate=1e-4"]
 
 
@@ -40,13 +54,27 @@ def run(processes: int, out, steps: int, tmp_path, extra=(), stage: int = 2):
     if processes > 1:
         config = tmp_path / f"ds_zero{stage}_cpu.json"
         config.write_text(json.dumps(cpu_json(stage)))
-        launcher = ["-m", "accelerate.commands.launch", "--config_file",
-                    str(REPO / "configs" / "accelerate" / f"deepspeed_zero{stage}.yaml"), "--deepspeed_config_file",
-                    str(config),
-                    "--num_processes", str(processes), "--main_process_port", str(29900 + os.getpid() % 90)]
+        launcher = [
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO / "configs" / "accelerate" / f"deepspeed_zero{stage}.yaml"),
+            "--deepspeed_config_file",
+            str(config),
+            "--num_processes",
+            str(processes),
+            "--main_process_port",
+            str(29900 + os.getpid() % 90),
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
-    res = subprocess.run([sys.executable, *launcher, *ARGS, "--set", f"run.max_steps={steps}", "-o", str(out), *extra],
-                         capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+    res = subprocess.run(
+        [sys.executable, *launcher, *ARGS, "--set", f"run.max_steps={steps}", "-o", str(out), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=REPO,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return rows, json.loads((out / "summary.json").read_text())

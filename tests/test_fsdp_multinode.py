@@ -16,11 +16,24 @@ import subprocess
 import sys
 
 import pytest
-
 from tests.conftest import REPO
 
-RUN = ["-m", "ssp", "train", "-c", str(REPO / "configs" / "tiny.yaml"), "--quiet", "--set", "run.max_steps=2",
-       "--set", "rollout.attacker.temperature=0", "--set", "rollout.defender.temperature=0", "--set", "run.threads=1"]
+RUN = [
+    "-m",
+    "ssp",
+    "train",
+    "-c",
+    str(REPO / "configs" / "tiny.yaml"),
+    "--quiet",
+    "--set",
+    "run.max_steps=2",
+    "--set",
+    "rollout.attacker.temperature=0",
+    "--set",
+    "rollout.defender.temperature=0",
+    "--set",
+    "run.threads=1",
+]
 
 
 def _free_port() -> int:
@@ -30,13 +43,26 @@ def _free_port() -> int:
 
 
 def node_command(preset: str, machine_rank: int, port: int, out) -> list[str]:
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(REPO / "configs" / "accelerate" / preset)]
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO / "configs" / "accelerate" / preset),
+    ]
     if preset == "multi_node.yaml":  # docs/gpu.md, "2 nodes x 8 GPUs", DDP
         node = ["--machine_rank", str(machine_rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
     else:  # docs/gpu.md, full fine-tuning over 2 nodes: the FSDP preset with the node settings
-        node = ["--num_machines", "2", "--machine_rank", str(machine_rank), "--main_process_ip", "127.0.0.1",
-                "--main_process_port", str(port)]
+        node = [
+            "--num_machines",
+            "2",
+            "--machine_rank",
+            str(machine_rank),
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(port),
+        ]
     return [*launcher, *node, "--num_processes", "2", *RUN, "-o", str(out)]
 
 
@@ -45,8 +71,17 @@ def node_command(preset: str, machine_rank: int, port: int, out) -> list[str]:
 def test_two_launchers_on_loopback_complete_two_steps(tmp_path, preset, kind):
     port, out = _free_port(), tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    nodes = [subprocess.Popen(node_command(preset, rank, port, out), cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    nodes = [
+        subprocess.Popen(
+            node_command(preset, rank, port, out),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
     logs = []
     for node in nodes:
         try:

@@ -12,17 +12,19 @@ from ssp.game.prompts import (
     reflective_request,
 )
 from ssp.game.seeds import SeedError, load_seeds
-from ssp.judges.base import Verdict
 
 
-@pytest.mark.parametrize("text, finished, expected", [
-    ("Tell me a story</prompt> trailing", False, "Tell me a story"),
-    ("  Tell me a story  ", True, "Tell me a story"),
-    ("cut off mid-sent", False, None),
-    ("</prompt>", True, None),
-    ("a <prompt> nested</prompt>", True, None),
-    ("", True, None),
-])
+@pytest.mark.parametrize(
+    "text, finished, expected",
+    [
+        ("Tell me a story</prompt> trailing", False, "Tell me a story"),
+        ("  Tell me a story  ", True, "Tell me a story"),
+        ("cut off mid-sent", False, None),
+        ("</prompt>", True, None),
+        ("a <prompt> nested</prompt>", True, None),
+        ("", True, None),
+    ],
+)
 def test_parse_attack(text, finished, expected):
     assert parse_attack(text, finished) == expected
 
@@ -82,28 +84,43 @@ def test_seed_files_csv_jsonl_and_errors(tmp_path, shared_data):
 
 
 def test_static_attacker_wraps_goals_in_templates_and_trains_only_the_defender(tiny_cfg):
+    from tests.conftest import REPO
+
     from ssp.config import load_config
     from ssp.game.play import SelfPlayGame
     from ssp.game.seeds import Seed
-    from ssp.judges.registry import build_judge
     from ssp.judges.embedder import TextEmbedder
+    from ssp.judges.registry import build_judge
     from ssp.models.loader import load_policy
     from ssp.rollout.hf import HFRolloutEngine
-    from tests.conftest import REPO
 
-    cfg = load_config(REPO / "configs" / "tiny.yaml",
-                      ["game.attacker=static", "game.static_template_names=[prefix_injection]"])
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml", ["game.attacker=static", "game.static_template_names=[prefix_injection]"]
+    )
     model, tok = load_policy(cfg.model)
     engine = HFRolloutEngine(model, tok, cfg.model.max_prompt_tokens, 16)
-    game = SelfPlayGame(cfg, engine, build_judge(cfg.judge.name, cfg.judge.options),
-                        [Seed("Obtain a forged passport", "fraud")], [Seed("Bake bread", "benign")], [],
-                        TextEmbedder.shared())
+    game = SelfPlayGame(
+        cfg,
+        engine,
+        build_judge(cfg.judge.name, cfg.judge.options),
+        [Seed("Obtain a forged passport", "fraud")],
+        [Seed("Bake bread", "benign")],
+        [],
+        TextEmbedder.shared(),
+    )
     result = game.play(1, [], random.Random(0))
     attacks = [e for e in result.exchanges if e.kind == "attack"]
-    assert attacks and all("Obtain a forged passport" in e.prompt and e.prompt != "Obtain a forged passport"
-                           for e in attacks)
+    assert attacks and all(
+        "Obtain a forged passport" in e.prompt and e.prompt != "Obtain a forged passport" for e in attacks
+    )
     assert all(s.role == "defender" for s in result.samples)
     with pytest.raises(ValueError, match="unknown templates"):
-        SelfPlayGame(load_config(REPO / "configs" / "tiny.yaml", ["game.attacker=static",
-                                                                 "game.static_template_names=[nope]"]),
-                     engine, None, [], [], [], TextEmbedder.shared())
+        SelfPlayGame(
+            load_config(REPO / "configs" / "tiny.yaml", ["game.attacker=static", "game.static_template_names=[nope]"]),
+            engine,
+            None,
+            [],
+            [],
+            [],
+            TextEmbedder.shared(),
+        )

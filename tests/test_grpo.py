@@ -21,8 +21,10 @@ def test_group_advantages_known_values():
 
 def _samples():
     g = torch.Generator().manual_seed(1)
+
     def ids(n):
         return torch.randint(5, 250, (n,), generator=g).tolist()
+
     return [
         TrainSample("attacker", ids(7), ids(5), advantage=1.2),
         TrainSample("defender", ids(4), ids(9), advantage=-0.7),
@@ -59,7 +61,14 @@ def test_update_matches_direct_computation(tiny_cfg):
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.05)
-    cfg = RLConfig(compute_dtype="float32", micro_batch_size=2, kl_coef=0.1, attacker_weight=0.5, learning_rate=1e-3, max_grad_norm=1e9)
+    cfg = RLConfig(
+        compute_dtype="float32",
+        micro_batch_size=2,
+        kl_coef=0.1,
+        attacker_weight=0.5,
+        learning_rate=1e-3,
+        max_grad_norm=1e9,
+    )
     samples = _samples()
 
     model.zero_grad()
@@ -69,6 +78,7 @@ def test_update_matches_direct_computation(tiny_cfg):
     model.zero_grad()
 
     captured = {}
+
     class Recorder(torch.optim.SGD):
         def step(self, closure=None):
             captured.update({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
@@ -142,7 +152,9 @@ def test_multiple_epochs_use_fixed_behaviour_logprobs(tiny_cfg):
         loss = 0.0
         for s, o in zip(samples, old):
             ratio = torch.exp(per_sample_logps(s) - o)
-            pg = -torch.minimum(ratio * s.advantage, torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * s.advantage)
+            pg = -torch.minimum(
+                ratio * s.advantage, torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps) * s.advantage
+            )
             weight = cfg.attacker_weight if s.role == "attacker" else cfg.defender_weight
             loss = loss + (weight * pg - s.sft_weight * per_sample_logps(s)).sum()
         return loss / total_tokens

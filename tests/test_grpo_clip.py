@@ -14,8 +14,16 @@ def test_clipped_objective_values_and_gradients_away_from_ratio_one():
     advantages = torch.tensor([1.0, -1.0, 1.0, -1.0, 2.0])
     old = torch.tensor([-2.0, -1.0, -3.0, -0.5, -1.5])
     logp = (old + torch.log(ratios)).requires_grad_(True)
-    loss, kl = token_loss_terms(logp, old, None, advantages=advantages, role_weights=torch.ones(5),
-                                sft_weights=torch.zeros(5), clip_eps=0.2, kl_coef=0.0)
+    loss, kl = token_loss_terms(
+        logp,
+        old,
+        None,
+        advantages=advantages,
+        role_weights=torch.ones(5),
+        sft_weights=torch.zeros(5),
+        clip_eps=0.2,
+        kl_coef=0.0,
+    )
     # −min(r·A, clip(r)·A) by hand:
     #   r=1.5, A=+1: min(1.5, 1.2) = 1.2  → −1.2 (gain capped: clipped)
     #   r=1.5, A=−1: min(−1.5, −1.2) = −1.5 → +1.5 (pessimistic side: not clipped)
@@ -34,8 +42,16 @@ def test_role_weight_and_kl_scale_the_clipped_term():
     old = torch.tensor([-1.0])
     logp = old + math.log(1.5)
     ref = torch.tensor([-1.2])
-    loss, kl = token_loss_terms(logp, old, ref, advantages=torch.tensor([1.0]), role_weights=torch.tensor([0.5]),
-                                sft_weights=torch.tensor([0.1]), clip_eps=0.2, kl_coef=0.3)
+    loss, kl = token_loss_terms(
+        logp,
+        old,
+        ref,
+        advantages=torch.tensor([1.0]),
+        role_weights=torch.tensor([0.5]),
+        sft_weights=torch.tensor([0.1]),
+        clip_eps=0.2,
+        kl_coef=0.3,
+    )
     d = -1.2 - float(logp)
     want_kl = math.exp(d) - d - 1
     assert float(kl) == pytest.approx(want_kl, rel=1e-6)

@@ -8,7 +8,6 @@ from ssp.config import RLConfig
 from ssp.models.loader import load_policy
 from ssp.rl.grpo import TrainSample, grpo_update
 
-
 ADVANTAGES = [1.0, 0.5, -0.3, 1.2, -0.8, 0.9]  # as group normalisation gives them; one distilled (SFT) sample
 
 
@@ -18,8 +17,15 @@ def _samples(vocab: int, n: int = 6) -> list[TrainSample]:
     for i in range(n):
         prompt = torch.randint(3, vocab, (int(torch.randint(5, 12, (1,), generator=g)),), generator=g).tolist()
         completion = torch.randint(3, vocab, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
-        out.append(TrainSample("defender" if i % 2 else "attacker", prompt, completion,
-                               advantage=ADVANTAGES[i % len(ADVANTAGES)], sft_weight=0.5 if i == 1 else 0.0))
+        out.append(
+            TrainSample(
+                "defender" if i % 2 else "attacker",
+                prompt,
+                completion,
+                advantage=ADVANTAGES[i % len(ADVANTAGES)],
+                sft_weight=0.5 if i == 1 else 0.0,
+            )
+        )
     return out
 
 
@@ -56,12 +62,20 @@ def test_autocast_runs_the_matmuls_in_bf16(tiny_cfg):
     """The setting is real: under bfloat16 the forward's linear layers see bf16 inputs."""
     model, _tok = load_policy(tiny_cfg.model)
     seen = []
-    handle = model.get_base_model().model.layers[0].mlp.down_proj.register_forward_hook(
-        lambda _m, inputs, _out: seen.append(inputs[0].dtype))
+    handle = (
+        model.get_base_model()
+        .model.layers[0]
+        .mlp.down_proj.register_forward_hook(lambda _m, inputs, _out: seen.append(inputs[0].dtype))
+    )
     samples = _samples(model.config.vocab_size, n=2)
     for dtype in ("bfloat16", "float32"):
-        grpo_update(model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0), samples,
-                    RLConfig(compute_dtype=dtype, kl_coef=0.0), pad_id=0)
+        grpo_update(
+            model,
+            torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0),
+            samples,
+            RLConfig(compute_dtype=dtype, kl_coef=0.0),
+            pad_id=0,
+        )
     handle.remove()
     assert torch.bfloat16 in seen and torch.float32 in seen
     assert all(p.dtype == torch.float32 for p in model.parameters())

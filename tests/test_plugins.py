@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from tests.conftest import REPO
 from typer.testing import CliRunner
 
 from ssp.cli import app
@@ -17,7 +18,6 @@ from ssp.eval.defenses import available_defenses
 from ssp.judges.base import JudgeInput
 from ssp.judges.registry import available_judges, build_judge
 from ssp.plugins import PluginError, load_callable
-from tests.conftest import REPO
 
 PLUGIN_SRC = REPO / "tests" / "fixtures" / "plugin_pkg"
 REWARD = "ssp_example_plugin:refusal_reward"
@@ -31,8 +31,22 @@ def plugin_site(tmp_path_factory):
     target = tmp_path_factory.mktemp("plugin-site")
     source = tmp_path_factory.mktemp("plugin-src") / "plugin_pkg"
     shutil.copytree(PLUGIN_SRC, source)  # setuptools writes build/ and egg-info beside the sources: not in the checkout
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(source)], check=True, cwd=tmp_path_factory.getbasetemp())
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        cwd=tmp_path_factory.getbasetemp(),
+    )
     (dist,) = target.glob("ssp_example_plugin-*.dist-info")
     assert "[ssp.judges]" in (dist / "entry_points.txt").read_text()
     return target
@@ -77,10 +91,33 @@ def test_benchmark_plugins_load_suites(plugin, tmp_path):
 
 def test_ssp_eval_runs_plugin_attack_defense_judge_and_benchmark(plugin, tmp_path, one_torch_thread):
     out = tmp_path / "eval"
-    res = CliRunner().invoke(app, ["eval", "--model", "tiny", "--benchmark", "colours", "--attack", "shout",
-                                   "--attack", "direct", "--defense", "be_careful", "--judge", "keyword",
-                                   "--judge-option", "words=[zzzz]", "--max-new-tokens", "6", "--no-embeddings",
-                                   "--no-report", "--quiet", "--output", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--model",
+            "tiny",
+            "--benchmark",
+            "colours",
+            "--attack",
+            "shout",
+            "--attack",
+            "direct",
+            "--defense",
+            "be_careful",
+            "--judge",
+            "keyword",
+            "--judge-option",
+            "words=[zzzz]",
+            "--max-new-tokens",
+            "6",
+            "--no-embeddings",
+            "--no-report",
+            "--quiet",
+            "--output",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
     assert results["settings"]["judge"] == {"name": "keyword", "words": ["zzzz"]}
@@ -122,8 +159,13 @@ def test_reward_function_failures_are_invalid_verdicts(monkeypatch):
     items = [JudgeInput("goal A", "p", "x", "ctx"), JudgeInput("goal B", "p", "y")]
     a, b = build_judge("ssp_test_rewards:none").judge(items)
     assert not a.valid and "returned None" in a.rationale and not b.valid and math.isnan(b.score)
-    assert all(not v.valid and "returned 1 values for 2" in v.rationale for v in build_judge("ssp_test_rewards:short").judge(items))
-    assert all(not v.valid and "ZeroDivisionError" in v.rationale for v in build_judge("ssp_test_rewards:boom").judge(items))
+    assert all(
+        not v.valid and "returned 1 values for 2" in v.rationale
+        for v in build_judge("ssp_test_rewards:short").judge(items)
+    )
+    assert all(
+        not v.valid and "ZeroDivisionError" in v.rationale for v in build_judge("ssp_test_rewards:boom").judge(items)
+    )
     build_judge("ssp_test_rewards:spy", {"kwargs": {"temperature": 0.1}}).judge(items)
     assert module.seen == [{"goal": ["goal A", "goal B"], "context": ["ctx", ""], "temperature": 0.1}]
     with pytest.raises(PluginError, match="has no attribute 'missing'"):

@@ -14,8 +14,10 @@ def write(path, data: bytes):
 
 def test_csv_and_tsv_keep_multiline_cells_and_fill_short_rows(tmp_path):
     csv_file = write(tmp_path / "t.csv", b'goal,ctx\n"two\nlines",x\nshort\n')
-    assert read_located(csv_file) == [("line 3", {"goal": "two\nlines", "ctx": "x"}),
-                                      ("line 4", {"goal": "short", "ctx": ""})]
+    assert read_located(csv_file) == [
+        ("line 3", {"goal": "two\nlines", "ctx": "x"}),
+        ("line 4", {"goal": "short", "ctx": ""}),
+    ]
     tsv_file = write(tmp_path / "t.TSV", b"goal\tctx\na, b\tc\n")
     assert read_records(tsv_file) == [{"goal": "a, b", "ctx": "c"}]
 
@@ -23,16 +25,21 @@ def test_csv_and_tsv_keep_multiline_cells_and_fill_short_rows(tmp_path):
 def test_json_lines_skip_blank_lines_and_keep_u2028_inside_strings(tmp_path):
     body = '{"prompt": "a\u2028b"}\n\n{"prompt": "c"}\n'.encode()
     for suffix in (".jsonl", ".ndjson"):
-        assert read_located(write(tmp_path / f"t{suffix}", body)) == [("line 1", {"prompt": "a\u2028b"}),
-                                                                      ("line 3", {"prompt": "c"})]
+        assert read_located(write(tmp_path / f"t{suffix}", body)) == [
+            ("line 1", {"prompt": "a\u2028b"}),
+            ("line 3", {"prompt": "c"}),
+        ]
 
 
-@pytest.mark.parametrize("doc, rows", [
-    ([{"prompt": "a"}, {"prompt": "b"}], [{"prompt": "a"}, {"prompt": "b"}]),
-    ({"version": 1, "data": [{"prompt": "a"}]}, [{"prompt": "a"}]),  # an object wrapping one list
-    ({"prompt": "a", "tags": ["x"]}, [{"prompt": "a", "tags": ["x"]}]),  # a single record
-    ({"data": []}, []),
-])
+@pytest.mark.parametrize(
+    "doc, rows",
+    [
+        ([{"prompt": "a"}, {"prompt": "b"}], [{"prompt": "a"}, {"prompt": "b"}]),
+        ({"version": 1, "data": [{"prompt": "a"}]}, [{"prompt": "a"}]),  # an object wrapping one list
+        ({"prompt": "a", "tags": ["x"]}, [{"prompt": "a", "tags": ["x"]}]),  # a single record
+        ({"data": []}, []),
+    ],
+)
 def test_json_documents(tmp_path, doc, rows):
     assert read_records(write(tmp_path / "t.json", json.dumps(doc, indent=2).encode())) == rows
 
@@ -60,8 +67,12 @@ def test_parquet(tmp_path):
 
 @pytest.mark.parametrize("name", ["t.csv", "t.jsonl", "t.json", "t.txt"])
 def test_a_utf8_byte_order_mark_is_dropped(tmp_path, name):
-    body = {"t.csv": b"prompt\nfirst\n", "t.jsonl": b'{"prompt": "first"}\n', "t.json": b'[{"prompt": "first"}]',
-            "t.txt": b"first\n"}[name]
+    body = {
+        "t.csv": b"prompt\nfirst\n",
+        "t.jsonl": b'{"prompt": "first"}\n',
+        "t.json": b'[{"prompt": "first"}]',
+        "t.txt": b"first\n",
+    }[name]
     assert read_records(write(tmp_path / name, b"\xef\xbb\xbf" + body)) == [{"prompt": "first"}]
 
 
@@ -101,7 +112,9 @@ def test_missing_file_and_folder(tmp_path):
 
 
 def test_logs_skip_lines_a_crash_cut_off_and_keep_u2028(tmp_path):
-    log = write(tmp_path / "metrics.jsonl",
-                json.dumps({"step": 1, "text": "a\u2028b"}, ensure_ascii=False).encode() + b'\n[1]\n\n{"step": 2, "tr')
+    log = write(
+        tmp_path / "metrics.jsonl",
+        json.dumps({"step": 1, "text": "a\u2028b"}, ensure_ascii=False).encode() + b'\n[1]\n\n{"step": 2, "tr',
+    )
     assert read_log(log) == [{"step": 1, "text": "a\u2028b"}]
     assert read_log(tmp_path / "missing.jsonl") == []

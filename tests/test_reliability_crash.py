@@ -56,20 +56,34 @@ KILLS = [
     ("checkpoint 5: renamed, folder not yet synced", "ssp.training.checkpoint:fsync_dir", 2, None, 5),
 ]
 TORN_PLANTED = 2  # the checkpoint 2 weights kill and the checkpoint 4 snapshot kill leave a folder without manifest
-SETS = [f"run.max_steps={N_STEPS}", "run.checkpoint_every=1", f"run.log_exchanges={LOG_EXCHANGES}",
-        "rollout.attacker.max_new_tokens=8", "rollout.defender.max_new_tokens=8"]
+SETS = [
+    f"run.max_steps={N_STEPS}",
+    "run.checkpoint_every=1",
+    f"run.log_exchanges={LOG_EXCHANGES}",
+    "rollout.attacker.max_new_tokens=8",
+    "rollout.defender.max_new_tokens=8",
+]
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
 
-def spawn(run: Path, resume: bool, log: Path, stop_at: tuple[Path, str, int, str | None] | None = None
-          ) -> subprocess.Popen:
+def spawn(
+    run: Path, resume: bool, log: Path, stop_at: tuple[Path, str, int, str | None] | None = None
+) -> subprocess.Popen:
     """`ssp train` on the tiny config; with `stop_at` = (marker, function, n, under) it stops itself there."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "ssp"]
     if stop_at is not None:
         marker, target, nth, under = stop_at
-        cmd = [sys.executable, "-m", "tests.crash_child", str(marker), target, str(nth), *([under] if under else []),
-               "--"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "tests.crash_child",
+            str(marker),
+            target,
+            str(nth),
+            *([under] if under else []),
+            "--",
+        ]
     cmd += ["train", "-c", TINY, "-o", str(run), "--quiet", *(["--resume"] if resume else [])]
     for s in SETS + ["run.threads=1"]:
         cmd += ["--set", s]
@@ -93,7 +107,8 @@ def complete_checkpoints(run: Path) -> dict[int, Path]:
             continue
         files = {str(p.relative_to(d)) for p in d.rglob("*") if p.is_file()} - {"manifest.json"}
         if files == set(manifest["files"]) and all(
-                hashlib.sha256((d / f).read_bytes()).hexdigest() == h for f, h in manifest["files"].items()):
+            hashlib.sha256((d / f).read_bytes()).hexdigest() == h for f, h in manifest["files"].items()
+        ):
             out[int(m.group(1))] = d
     return out
 
@@ -102,7 +117,7 @@ def temp_checkpoints(run: Path, since: float = 0.0) -> list[Path]:
     """Temporary checkpoint folders modified at or after `since` (they vanish when renamed: tolerated)."""
     root = run / "checkpoints"
     out = []
-    for p in (list(root.iterdir()) if root.is_dir() else []):
+    for p in list(root.iterdir()) if root.is_dir() else []:
         try:
             if p.name.startswith(".tmp-") and p.stat().st_mtime >= since:
                 out.append(p)
@@ -115,8 +130,9 @@ def pool_dump(path: Path) -> list[tuple]:
     if not path.exists():
         return []
     with sqlite3.connect(sqlite_readonly_uri(path), uri=True) as db:
-        return (db.execute("SELECT * FROM entries ORDER BY id").fetchall()
-                + [("meta",) + r for r in db.execute("SELECT key, value FROM meta ORDER BY key")])
+        return db.execute("SELECT * FROM entries ORDER BY id").fetchall() + [
+            ("meta",) + r for r in db.execute("SELECT key, value FROM meta ORDER BY key")
+        ]
 
 
 def live_entries(dump: list[tuple]) -> int:
@@ -240,8 +256,15 @@ def test_kill_9_at_chosen_points_then_resume(tmp_path):
     # Nothing lost, nothing silently different: the crashed-and-resumed run equals the reference.
     ref = rows(reference / "metrics.jsonl")
     for a, b in zip(ref, final):
-        for key in ("reward/attacker", "reward/defender", "loss", "pool/size", "pool/admitted_total",
-                    "pool/replays_total", "judge_invalid"):
+        for key in (
+            "reward/attacker",
+            "reward/defender",
+            "loss",
+            "pool/size",
+            "pool/admitted_total",
+            "pool/replays_total",
+            "judge_invalid",
+        ):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (a["step"], key)
     assert pool_dump(run / "pool.sqlite") == pool_dump(reference / "pool.sqlite")
     wa = load_file(reference / "checkpoints" / f"step-{N_STEPS:06d}" / "weights" / "adapter_model.safetensors")

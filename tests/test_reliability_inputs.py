@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from tests.conftest import REPO
 from typer.testing import CliRunner
 
 from ssp.cli import app
@@ -25,7 +26,6 @@ from ssp.game.seeds import SeedError, load_seeds
 from ssp.rollout.base import ChatRequest
 from ssp.training import checkpoint as ckpt
 from ssp.training.trainer import Trainer, TrainingError
-from tests.conftest import REPO
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 FAST = ["rollout.attacker.max_new_tokens=8", "rollout.defender.max_new_tokens=8"]
@@ -130,8 +130,9 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
     CASES_TRIED["CLI"] += 1
 
 
-@pytest.mark.parametrize("override, shown", [("run.[/x]=1", "run.[/x]: unknown key"),
-                                             ("run.[bold]x=1", "run.[bold]x: unknown key")])
+@pytest.mark.parametrize(
+    "override, shown", [("run.[/x]=1", "run.[/x]: unknown key"), ("run.[bold]x=1", "run.[bold]x: unknown key")]
+)
 def test_cli_error_messages_are_printed_verbatim(tmp_path, override, shown):
     """Error text comes from user input (keys, paths); rich must not read it as markup. Today a `[/x]`
     crashes the error printer (MarkupError traceback) and `[bold]` silently disappears from the key."""
@@ -147,8 +148,11 @@ SEED_CASES = {  # file name -> (bytes, column option, fragments besides the path
     "empty.txt": (b"", None, ["no harmful seeds found"]),
     "comments.txt": (b"# only\n\n   \n# comments\n", None, ["no harmful seeds found"]),
     "latin1.txt": (b"ok\nsecond\ncaf\xe9\n", None, ["line 3", "not valid UTF-8"]),
-    "wrong-columns.csv": (b"foo,bar\n1,2\n", None, ["no seed column found among ['foo', 'bar']",
-                                                     "game.harmful_column"]),
+    "wrong-columns.csv": (
+        b"foo,bar\n1,2\n",
+        None,
+        ["no seed column found among ['foo', 'bar']", "game.harmful_column"],
+    ),
     "named-column.csv": (b"goal\nx\n", "Behavior", ["column 'Behavior' not found", "columns are ['goal']"]),
     "empty.csv": (b"", None, ["empty CSV (no header row)"]),
     "header-only.csv": (b"goal\n", None, ["no harmful seeds found"]),
@@ -203,7 +207,9 @@ def test_pathological_seed_files_give_seed_errors(tmp_path, name):
 def test_seed_files_with_a_utf8_byte_order_mark_load(tmp_path, name):
     """Spreadsheet exports start with a BOM; today the CSV column is not found ('\\ufeffgoal') and the
     first text seed silently starts with an invisible U+FEFF."""
-    body = {"bom.csv": b"goal\nfirst goal\n", "bom.txt": b"first goal\n", "bom.jsonl": b'{"goal": "first goal"}\n'}[name]
+    body = {"bom.csv": b"goal\nfirst goal\n", "bom.txt": b"first goal\n", "bom.jsonl": b'{"goal": "first goal"}\n'}[
+        name
+    ]
     path = tmp_path / name
     path.write_bytes(b"\xef\xbb\xbf" + body)
     assert [s.text for s in load_seeds(str(path), "harmful")] == ["first goal"]
@@ -251,8 +257,9 @@ def test_long_prompts_follow_the_truncation_policy(tiny_cfg):
 
     model, tok = load_policy(tiny_cfg.model)
     content = " ".join(f"word{i}" for i in range(3000))
-    request = ChatRequest([{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}],
-                          prefill=ATTACK_OPEN)
+    request = ChatRequest(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content}], prefill=ATTACK_OPEN
+    )
     enc = ChatEncoder(tok, max_prompt_tokens=96)
     ids, truncated = enc.encode(request)
     text = tok.decode(ids)
@@ -273,8 +280,17 @@ def test_training_on_seeds_longer_than_the_context(tmp_path):
     seeds = tmp_path / "long.txt"
     seeds.write_text("".join(f"Goal {i}: " + "explain this in great detail " * 400 + "\n" for i in range(4)))
     run = tmp_path / "run"
-    cfg = load_config(TINY, FAST + ["run.max_steps=1", f"game.harmful_seeds={seeds}", f"game.benign_seeds={seeds}",
-                                    "model.max_prompt_tokens=256", "replay.reflect=false"])
+    cfg = load_config(
+        TINY,
+        FAST
+        + [
+            "run.max_steps=1",
+            f"game.harmful_seeds={seeds}",
+            f"game.benign_seeds={seeds}",
+            "model.max_prompt_tokens=256",
+            "replay.reflect=false",
+        ],
+    )
     summary = Trainer(cfg, run, progress=False).train()
     assert summary["last_step"] == 1
     CASES_TRIED["long prompts"] += 1
@@ -363,15 +379,54 @@ def test_disk_full_while_checkpointing_never_leaves_a_loadable_partial_checkpoin
 # ============================================================================ property-based tests
 
 _SECTIONS = {name: list(field.annotation.model_fields) for name, field in SSPConfig.model_fields.items()}
-_RAW_SCALARS = ["2001-13-14", "2001-02-30 25:61:61", "!!int x", "!!float abc", "!!timestamp x", "!!binary ?",
-                "!!set {a}", "!!omap [a]", "!!python/name:os.system", "!!python/object/apply:os.system [ls]",
-                "&a [*a]", "*nothing", "[" * 400, "{" * 400, "~", ".nan", "-.inf", "1e400", "0x1F", "0o17", "1_000",
-                "yes", "No", "''", '"\\x00"', "'unterminated", "{a: 1, a: 2}", "? [a, b]\n  : c", "|\n  block",
-                "@reserved", "`reserved", "%TAG", "---", "...", "\ufeff", "'\\ud800'"]
-_scalar = st.one_of(st.sampled_from(_RAW_SCALARS), st.integers().map(str), st.floats().map(str),
-                    st.text(max_size=30).map(json.dumps), st.text(max_size=30))
+_RAW_SCALARS = [
+    "2001-13-14",
+    "2001-02-30 25:61:61",
+    "!!int x",
+    "!!float abc",
+    "!!timestamp x",
+    "!!binary ?",
+    "!!set {a}",
+    "!!omap [a]",
+    "!!python/name:os.system",
+    "!!python/object/apply:os.system [ls]",
+    "&a [*a]",
+    "*nothing",
+    "[" * 400,
+    "{" * 400,
+    "~",
+    ".nan",
+    "-.inf",
+    "1e400",
+    "0x1F",
+    "0o17",
+    "1_000",
+    "yes",
+    "No",
+    "''",
+    '"\\x00"',
+    "'unterminated",
+    "{a: 1, a: 2}",
+    "? [a, b]\n  : c",
+    "|\n  block",
+    "@reserved",
+    "`reserved",
+    "%TAG",
+    "---",
+    "...",
+    "\ufeff",
+    "'\\ud800'",
+]
+_scalar = st.one_of(
+    st.sampled_from(_RAW_SCALARS),
+    st.integers().map(str),
+    st.floats().map(str),
+    st.text(max_size=30).map(json.dumps),
+    st.text(max_size=30),
+)
 _key_path = st.sampled_from(sorted(_SECTIONS)).flatmap(
-    lambda s: st.sampled_from(_SECTIONS[s] + ["no_such_key"]).map(lambda k: f"{s}.{k}"))
+    lambda s: st.sampled_from(_SECTIONS[s] + ["no_such_key"]).map(lambda k: f"{s}.{k}")
+)
 
 
 def _yaml_doc(lines: list[tuple[str, str]]) -> str:
@@ -382,12 +437,37 @@ def _yaml_doc(lines: list[tuple[str, str]]) -> str:
     return "".join(out)
 
 
-_yaml_text = st.one_of(st.text(), st.lists(st.tuples(_key_path, _scalar), max_size=5).map(_yaml_doc),
-                       st.lists(st.sampled_from(["a:", " b: c", "- d", "[", "]", "{", ":", "\t", "#", "!!str",
-                                                 "&x", "*x", "\n", "'", '"', "run:", "  max_steps: 1"]),
-                                max_size=12).map("".join))
-PROPERTY = settings(max_examples=300, deadline=None, database=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow])
+_yaml_text = st.one_of(
+    st.text(),
+    st.lists(st.tuples(_key_path, _scalar), max_size=5).map(_yaml_doc),
+    st.lists(
+        st.sampled_from(
+            [
+                "a:",
+                " b: c",
+                "- d",
+                "[",
+                "]",
+                "{",
+                ":",
+                "\t",
+                "#",
+                "!!str",
+                "&x",
+                "*x",
+                "\n",
+                "'",
+                '"',
+                "run:",
+                "  max_steps: 1",
+            ]
+        ),
+        max_size=12,
+    ).map("".join),
+)
+PROPERTY = settings(
+    max_examples=300, deadline=None, database=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @pytest.fixture(scope="module")
@@ -412,8 +492,11 @@ def test_config_loader_never_crashes_on_arbitrary_yaml(fuzz_dir, text):
         assert isinstance(cfg, SSPConfig)
 
 
-_override = st.one_of(st.text(max_size=40), st.tuples(_key_path, _scalar).map(lambda kv: f"{kv[0]}={kv[1]}"),
-                      st.tuples(st.text(max_size=10), st.text(max_size=10)).map("=".join))
+_override = st.one_of(
+    st.text(max_size=40),
+    st.tuples(_key_path, _scalar).map(lambda kv: f"{kv[0]}={kv[1]}"),
+    st.tuples(st.text(max_size=10), st.text(max_size=10)).map("=".join),
+)
 
 
 @PROPERTY
@@ -430,14 +513,40 @@ def test_config_overrides_never_crash(overrides):
         assert isinstance(cfg, SSPConfig)
 
 
-_SEED_CHUNKS = [b"goal", b"Behavior", b",", b"\n", b"\r\n", b'"', b"{", b"}", b":", b'"goal"', b"[", b"]", b"#",
-                b"\t", b" ", b"x", b"\xff", b"\xe9", b"\x00", b"\xef\xbb\xbf", b"null", b"5", b"\\"]
+_SEED_CHUNKS = [
+    b"goal",
+    b"Behavior",
+    b",",
+    b"\n",
+    b"\r\n",
+    b'"',
+    b"{",
+    b"}",
+    b":",
+    b'"goal"',
+    b"[",
+    b"]",
+    b"#",
+    b"\t",
+    b" ",
+    b"x",
+    b"\xff",
+    b"\xe9",
+    b"\x00",
+    b"\xef\xbb\xbf",
+    b"null",
+    b"5",
+    b"\\",
+]
 _seed_bytes = st.one_of(st.binary(max_size=200), st.lists(st.sampled_from(_SEED_CHUNKS), max_size=30).map(b"".join))
 
 
 @PROPERTY
-@given(data=_seed_bytes, suffix=st.sampled_from([".txt", ".csv", ".jsonl"]),
-       column=st.sampled_from([None, "goal", "Behavior"]))
+@given(
+    data=_seed_bytes,
+    suffix=st.sampled_from([".txt", ".csv", ".jsonl"]),
+    column=st.sampled_from([None, "goal", "Behavior"]),
+)
 def test_seed_loader_never_crashes_on_arbitrary_bytes(fuzz_dir, data, suffix, column):
     path = fuzz_dir / f"seeds{suffix}"
     path.write_bytes(data)
@@ -450,8 +559,12 @@ def test_seed_loader_never_crashes_on_arbitrary_bytes(fuzz_dir, data, suffix, co
         assert seeds and all(s.text and s.text == s.text.strip() for s in seeds)
 
 
-_MARKERY = st.lists(st.sampled_from([ATTACK_OPEN, ATTACK_CLOSE, "<", ">", "/", "prompt", " ", "\n", "\t", "x",
-                                     "\u2028", "\u00a0", "\x00", "é"]), max_size=20).map("".join)
+_MARKERY = st.lists(
+    st.sampled_from(
+        [ATTACK_OPEN, ATTACK_CLOSE, "<", ">", "/", "prompt", " ", "\n", "\t", "x", "\u2028", "\u00a0", "\x00", "é"]
+    ),
+    max_size=20,
+).map("".join)
 
 
 @PROPERTY

@@ -16,6 +16,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from tests.conftest import REPO
+from tests.fixtures.reliability.fault_server import FaultServer, closed_port, judge_options
 from typer.testing import CliRunner
 
 from ssp.cli import app
@@ -26,15 +28,19 @@ from ssp.judges.embedder import clean_text
 from ssp.training import checkpoint as ckpt
 from ssp.training import trainer as trainer_mod
 from ssp.training.trainer import Trainer
-from tests.conftest import REPO
-from tests.fixtures.reliability.fault_server import FaultServer, closed_port, judge_options
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 RETRIES = 2
-FAST = ["rollout.attacker.max_new_tokens=8", "rollout.defender.max_new_tokens=8", "game.intent_gate=false",
-        "run.checkpoint_every=1", "run.log_exchanges=1000", "judge.name=openai_rubric",
-        # the paper's rewards: with the fault server's uniform scores they fill the pool within two steps
-        "game.rewards.scheme=zero_sum"]
+FAST = [
+    "rollout.attacker.max_new_tokens=8",
+    "rollout.defender.max_new_tokens=8",
+    "game.intent_gate=false",
+    "run.checkpoint_every=1",
+    "run.log_exchanges=1000",
+    "judge.name=openai_rubric",
+    # the paper's rewards: with the fault server's uniform scores they fill the pool within two steps
+    "game.rewards.scheme=zero_sum",
+]
 FIGURES: Counter = Counter()  # printed at the end of the module (copied into docs/reliability.md)
 
 
@@ -67,8 +73,11 @@ def pool_dump(path: Path) -> list[tuple]:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def items_per_response(exchanges: list[dict]) -> Counter:

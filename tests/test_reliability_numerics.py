@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.conftest import REPO
 from typer.testing import CliRunner
 
 from ssp.cli import app
@@ -20,7 +21,6 @@ from ssp.config import load_config
 from ssp.game.play import SelfPlayGame
 from ssp.training import checkpoint as ckpt
 from ssp.training.trainer import Trainer
-from tests.conftest import REPO
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 FAST = ["rollout.attacker.max_new_tokens=8", "rollout.defender.max_new_tokens=8", "run.checkpoint_every=1"]
@@ -89,8 +89,18 @@ def test_one_nan_update_is_skipped_logged_and_leaves_weights_untouched(tmp_path,
 def test_nonfinite_updates_in_a_row_stop_the_run_with_reason(tmp_path, monkeypatch):
     injected = inject_nan(monkeypatch, {2, 3, 4, 5, 6})
     run = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train", "-c", TINY, "-o", str(run), "--quiet", *sum(
-        (["--set", s] for s in FAST + ["run.max_steps=6", "rl.max_nonfinite_steps=2"]), [])])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "-c",
+            TINY,
+            "-o",
+            str(run),
+            "--quiet",
+            *sum((["--set", s] for s in FAST + ["run.max_steps=6", "rl.max_nonfinite_steps=2"]), []),
+        ],
+    )
     assert res.exit_code == 2, (res.output, res.exception)
     assert "step 3: 2 updates in a row had a non-finite loss or gradient" in res.output
     assert injected == [2, 3]
@@ -114,8 +124,21 @@ def test_exploding_learning_rate_stops_the_run_with_reason(tmp_path):
     tensor contains either inf, nan or element < 0"), or with the CPU inverse-CDF sampler an out-of-range
     token id (IndexError). See docs/reliability.md, "Open findings", F7."""
     run = tmp_path / "run"
-    res = CliRunner().invoke(app, ["train", "-c", TINY, "-o", str(run), "--quiet", *sum(
-        (["--set", s] for s in FAST + ["run.max_steps=6", "rl.max_nonfinite_steps=2", "rl.learning_rate=1e30"]), [])])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "-c",
+            TINY,
+            "-o",
+            str(run),
+            "--quiet",
+            *sum(
+                (["--set", s] for s in FAST + ["run.max_steps=6", "rl.max_nonfinite_steps=2", "rl.learning_rate=1e30"]),
+                [],
+            ),
+        ],
+    )
     assert res.exit_code == 2, f"exit {res.exit_code}: {res.exception!r}"
     assert "updates in a row had a non-finite loss or gradient" in res.output
     r = rows(run)

@@ -1,6 +1,5 @@
 """HF rollouts on the tiny model: batching, left padding, n samples, prefill, truncation policy."""
 
-
 from ssp.config import SamplingConfig
 from ssp.models.loader import load_policy
 from ssp.rollout.base import ChatRequest
@@ -11,8 +10,12 @@ from ssp.rollout.hf import HFRolloutEngine
 def test_generate_returns_n_samples_per_request_in_order(tiny_cfg):
     model, tok = load_policy(tiny_cfg.model)
     engine = HFRolloutEngine(model, tok, max_prompt_tokens=512, batch_size=3)
-    reqs = [ChatRequest([{"role": "user", "content": "hi"}]),
-            ChatRequest([{"role": "user", "content": "a much longer question about the weather today"}], prefill="<prompt>")]
+    reqs = [
+        ChatRequest([{"role": "user", "content": "hi"}]),
+        ChatRequest(
+            [{"role": "user", "content": "a much longer question about the weather today"}], prefill="<prompt>"
+        ),
+    ]
     out = engine.generate(reqs, SamplingConfig(max_new_tokens=6, temperature=1.0), n=2)
     assert [len(o) for o in out] == [2, 2]
     for req, outs in zip(reqs, out):
@@ -33,8 +36,10 @@ def test_a_completion_that_ends_early_is_cut_at_its_end_token(tiny_cfg):
     """
     model, tok = load_policy(tiny_cfg.model)
     engine = HFRolloutEngine(model, tok, max_prompt_tokens=512, batch_size=2)
-    reqs = [ChatRequest([{"role": "user", "content": "hi"}]),
-            ChatRequest([{"role": "user", "content": "a much longer question about the weather today"}])]
+    reqs = [
+        ChatRequest([{"role": "user", "content": "hi"}]),
+        ChatRequest([{"role": "user", "content": "a much longer question about the weather today"}]),
+    ]
     greedy = SamplingConfig(max_new_tokens=8, temperature=0.0)
     first = engine.generate(reqs, greedy)[0][0].completion_ids
     cut = next(i for i in range(1, len(first)) if first[i] not in first[:i] and first[i] not in engine.eos_ids)

@@ -68,11 +68,14 @@ def test_greedy_tokens_equal_transformers_with_lora_merged(tiny_cfg, one_torch_t
         assert c.text == tok.decode(c.completion_ids, skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("changes", [
-    {"num_key_value_heads": 2},  # grouped-query attention
-    {"model_type": "qwen2", "num_key_value_heads": 2},  # q/k/v bias
-    {"attention_bias": True},  # Llama with q/k/v/o bias
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"num_key_value_heads": 2},  # grouped-query attention
+        {"model_type": "qwen2", "num_key_value_heads": 2},  # q/k/v bias
+        {"attention_bias": True},  # Llama with q/k/v/o bias
+    ],
+)
 def test_greedy_tokens_equal_transformers_across_architectures(tiny_cfg, one_torch_thread, changes):
     model, tok = _variant(tiny_cfg, **changes)
     assert supports(model) is None
@@ -109,8 +112,7 @@ def test_refresh_weights_follows_the_policy(tiny_cfg, one_torch_thread):
 
 def _reference_probs(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Tensor:
     """transformers' own warpers: temperature, then top-k, then top-p."""
-    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
-                                                        TopPLogitsWarper)
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     scores = TemperatureLogitsWarper(sampling.temperature)(None, logits.clone())
     if sampling.top_k:
@@ -120,13 +122,16 @@ def _reference_probs(logits: torch.Tensor, sampling: SamplingConfig) -> torch.Te
     return scores.softmax(-1)
 
 
-@pytest.mark.parametrize("sampling", [
-    SamplingConfig(temperature=0.7, top_p=0.9),
-    SamplingConfig(temperature=1.0, top_p=1.0),
-    SamplingConfig(temperature=1.3, top_p=0.95, top_k=20),
-    SamplingConfig(temperature=0.5, top_k=5),
-    SamplingConfig(temperature=2.0, top_p=0.99),  # flat rows: the nucleus reaches past the candidate list
-])
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        SamplingConfig(temperature=0.7, top_p=0.9),
+        SamplingConfig(temperature=1.0, top_p=1.0),
+        SamplingConfig(temperature=1.3, top_p=0.95, top_k=20),
+        SamplingConfig(temperature=0.5, top_k=5),
+        SamplingConfig(temperature=2.0, top_p=0.99),  # flat rows: the nucleus reaches past the candidate list
+    ],
+)
 def test_filtered_distribution_equals_transformers_warpers(sampling):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(16, 500, generator=g) * torch.linspace(0.5, 6.0, 16)[:, None]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tests.conftest import REPO
 
 from ssp.config import ConfigError, SamplingConfig, load_config
 from ssp.models.loader import load_base_model, load_policy
@@ -25,15 +26,19 @@ from ssp.rollout import weights as VW
 from ssp.rollout.base import ChatRequest
 from ssp.rollout.engines import build_rollout_engine
 from ssp.rollout.hf import HFRolloutEngine
-from tests.conftest import REPO
 
 ACCEL = REPO / "configs" / "accelerate"
 PRESETS = ["single_gpu", "multi_gpu_ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "multi_node"]
 GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=10)
 REQUESTS = [
     ChatRequest([{"role": "user", "content": "How do I bake bread at home?"}]),
-    ChatRequest([{"role": "system", "content": "You are a red-team assistant."},
-                 {"role": "user", "content": "Write an attack for the goal: pick a lock"}], prefill="<prompt>"),
+    ChatRequest(
+        [
+            {"role": "system", "content": "You are a red-team assistant."},
+            {"role": "user", "content": "Write an attack for the goal: pick a lock"},
+        ],
+        prefill="<prompt>",
+    ),
     ChatRequest([{"role": "user", "content": "word " * 300}]),  # truncated by the ChatEncoder
 ]
 
@@ -56,9 +61,14 @@ def test_accelerate_presets_load_and_pass_launch_validation(name):
     from accelerate.utils import DistributedType
 
     cfg = load_config_from_file(str(ACCEL / f"{name}.yaml"))
-    expected = {"single_gpu": (DistributedType.NO, 1, 1), "multi_gpu_ddp": (DistributedType.MULTI_GPU, 8, 1),
-                "fsdp": (DistributedType.FSDP, 8, 1), "deepspeed_zero2": (DistributedType.DEEPSPEED, 8, 1),
-                "deepspeed_zero3": (DistributedType.DEEPSPEED, 8, 1), "multi_node": (DistributedType.MULTI_GPU, 16, 2)}
+    expected = {
+        "single_gpu": (DistributedType.NO, 1, 1),
+        "multi_gpu_ddp": (DistributedType.MULTI_GPU, 8, 1),
+        "fsdp": (DistributedType.FSDP, 8, 1),
+        "deepspeed_zero2": (DistributedType.DEEPSPEED, 8, 1),
+        "deepspeed_zero3": (DistributedType.DEEPSPEED, 8, 1),
+        "multi_node": (DistributedType.MULTI_GPU, 16, 2),
+    }
     assert (cfg.distributed_type, cfg.num_processes, cfg.num_machines) == expected[name]
     args, _, _ = _launch_args(ACCEL / f"{name}.yaml")  # what `accelerate launch` does before starting workers
     assert args.num_processes == expected[name][1]
@@ -195,8 +205,14 @@ def test_names_map_onto_vllms_llama_parameters(lora_policy):
     vllm_params = {"model.embed_tokens.weight", "model.norm.weight"}
     for i in range(layers):
         p = f"model.layers.{i}."
-        vllm_params |= {p + "self_attn.qkv_proj.weight", p + "self_attn.o_proj.weight", p + "mlp.gate_up_proj.weight",
-                        p + "mlp.down_proj.weight", p + "input_layernorm.weight", p + "post_attention_layernorm.weight"}
+        vllm_params |= {
+            p + "self_attn.qkv_proj.weight",
+            p + "self_attn.o_proj.weight",
+            p + "mlp.gate_up_proj.weight",
+            p + "mlp.down_proj.weight",
+            p + "input_layernorm.weight",
+            p + "post_attention_layernorm.weight",
+        }
     shards: dict[str, set] = {}
     for name in _export(model, only_changed=False):
         target, shard = VW.vllm_parameter_name(name)
@@ -213,10 +229,14 @@ def test_names_map_onto_vllms_llama_parameters(lora_policy):
 
 
 def test_checkpoint_names_strip_wrappers():
-    assert VW.hf_checkpoint_name("base_model.model.model.layers.3.mlp.up_proj.base_layer.weight") == \
-        "model.layers.3.mlp.up_proj.weight"
-    assert VW.hf_checkpoint_name("module._orig_mod.base_model.model.lm_head.modules_to_save.default.weight") == \
-        "lm_head.weight"
+    assert (
+        VW.hf_checkpoint_name("base_model.model.model.layers.3.mlp.up_proj.base_layer.weight")
+        == "model.layers.3.mlp.up_proj.weight"
+    )
+    assert (
+        VW.hf_checkpoint_name("module._orig_mod.base_model.model.lm_head.modules_to_save.default.weight")
+        == "lm_head.weight"
+    )
     assert VW.hf_checkpoint_name("model.norm.weight") == "model.norm.weight"
 
 
@@ -242,8 +262,9 @@ def test_saved_adapter_is_peft_loadable_with_vllm_key_names(lora_policy, tmp_pat
     model, _, _ = lora_policy
     folder = VW.save_adapter(model, tmp_path / "a")
     keys = set(load_file(folder / "adapter_model.safetensors"))
-    assert keys and all(k.startswith("base_model.model.model.layers.") and ".lora_" in k and ".default." not in k
-                        for k in keys)
+    assert keys and all(
+        k.startswith("base_model.model.model.layers.") and ".lora_" in k and ".default." not in k for k in keys
+    )
     cfg = json.loads((folder / "adapter_config.json").read_text())
     assert cfg["r"] == tiny_cfg.model.lora.r and cfg["lora_alpha"] == tiny_cfg.model.lora.alpha
     base, _ = load_base_model(tiny_cfg.model)
@@ -259,16 +280,33 @@ def test_saved_adapter_is_peft_loadable_with_vllm_key_names(lora_policy, tmp_pat
 
 #: The fields vLLM 0.33's `/v1/completions` fills from the server's defaults (the model's generation_config.json)
 #: when a request leaves them out (`CompletionRequest._DEFAULT_SAMPLING_PARAMS`).
-SERVER_DEFAULTED = ("repetition_penalty", "presence_penalty", "frequency_penalty", "temperature", "top_p", "top_k",
-                    "min_p")
+SERVER_DEFAULTED = (
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+)
 
 
 def test_sampling_maps_onto_vllm_parameters():
     kw = VR.sampling_params(SamplingConfig(temperature=0.7, top_p=0.9, top_k=0, max_new_tokens=33), 4, [7, 9])
     # Every field a vLLM server would fill from the model's generation_config.json is explicit (neutral).
-    assert kw == {"n": 4, "temperature": 0.7, "top_p": 0.9, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0,
-                  "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_tokens": 33, "stop_token_ids": [7, 9],
-                  "skip_special_tokens": True}
+    assert kw == {
+        "n": 4,
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "top_k": 0,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "presence_penalty": 0.0,
+        "frequency_penalty": 0.0,
+        "max_tokens": 33,
+        "stop_token_ids": [7, 9],
+        "skip_special_tokens": True,
+    }
     assert set(SERVER_DEFAULTED) <= set(kw)
     assert VR.sampling_params(SamplingConfig(top_k=20), 2, [])["top_k"] == 20
     greedy = VR.sampling_params(SamplingConfig(temperature=0.0, top_k=5, top_p=0.5), 4, [])
@@ -308,12 +346,19 @@ def test_completions_follow_the_hf_backends_conventions():
     c = VR.build_completion([5, 6], "length", None, [1], tok, eos, prompt_truncated=True)
     assert (c.completion_ids, c.finished, c.prompt_truncated) == ([5, 6], False, True)
     c = VR.build_completion([5], "stop", 3, [1], tok, eos, source="retokenized")  # stop token missing: named
-    assert c.completion_ids == [5, 3] and c.finished and c.meta == {"token_ids_source": "retokenized",
-                                                                     "eos_appended": True}
+    assert (
+        c.completion_ids == [5, 3]
+        and c.finished
+        and c.meta == {"token_ids_source": "retokenized", "eos_appended": True}
+    )
     c = VR.build_completion([5], "stop", None, [1], tok, eos)  # None = the model's EOS
     assert c.completion_ids == [5, 2] and c.finished
-    body = {"choices": [{"index": 1, "token_ids": [6, 2], "finish_reason": "stop"},
-                        {"index": 0, "token_ids": [5, 5], "finish_reason": "length"}]}
+    body = {
+        "choices": [
+            {"index": 1, "token_ids": [6, 2], "finish_reason": "stop"},
+            {"index": 0, "token_ids": [5, 5], "finish_reason": "length"},
+        ]
+    }
     out = VR.completions_from_response(body, [1, 4], 2, tok, eos)
     assert [o.completion_ids for o in out] == [[5, 5], [6, 2]] and [o.finished for o in out] == [False, True]
     one = VR.completions_from_response({"choices": [body["choices"][0]]}, [1], 3, tok, eos)  # greedy: copied
@@ -374,8 +419,11 @@ class FakeVLLMServer:
                     return
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append({"path": self.path, **body})
-                handler = {"/v1/completions": server.complete, "/v1/load_lora_adapter": server.load,
-                           "/v1/unload_lora_adapter": server.unload}.get(self.path)
+                handler = {
+                    "/v1/completions": server.complete,
+                    "/v1/load_lora_adapter": server.load,
+                    "/v1/unload_lora_adapter": server.unload,
+                }.get(self.path)
                 self._send(*(handler(body) if handler else (404, {"error": {"message": "no route", "code": 404}})))
 
         self.httpd = HTTPServer(("127.0.0.1", 0), Handler)
@@ -409,26 +457,42 @@ class FakeVLLMServer:
             return 404, {"error": {"message": f"The model `{body['model']}` does not exist.", "code": 404}}
         prompt, n = body["prompt"], body.get("n", 1)
         assert isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)
-        sampling = SamplingConfig(temperature=body["temperature"], top_p=body.get("top_p", 1.0),
-                                  top_k=body.get("top_k", 0), max_new_tokens=body["max_tokens"])
+        sampling = SamplingConfig(
+            temperature=body["temperature"],
+            top_p=body.get("top_p", 1.0),
+            top_k=body.get("top_k", 0),
+            max_new_tokens=body["max_tokens"],
+        )
         engine = HFRolloutEngine(model, self.tokenizer, 10**6, batch_size=n)
         assert set(body["stop_token_ids"]) == engine.eos_ids
         with torch.no_grad():
             comps = engine._generate_batch([prompt] * n, sampling)
         choices = []
         for i, c in enumerate(comps):
-            choice = {"index": i, "text": c.text, "finish_reason": "stop" if c.finished else "length",
-                      "stop_reason": None, "logprobs": None}
+            choice = {
+                "index": i,
+                "text": c.text,
+                "finish_reason": "stop" if c.finished else "length",
+                "stop_reason": None,
+                "logprobs": None,
+            }
             if self.ids == "token_ids" and body.get("return_token_ids"):
                 choice["token_ids"] = c.completion_ids
             if self.ids in ("token_ids", "logprobs") and body.get("logprobs") is not None:
-                choice["logprobs"] = {"tokens": [f"token_id:{t}" for t in c.completion_ids],
-                                      "token_logprobs": [0.0] * len(c.completion_ids),
-                                      "text_offset": [0] * len(c.completion_ids), "top_logprobs": None}
+                choice["logprobs"] = {
+                    "tokens": [f"token_id:{t}" for t in c.completion_ids],
+                    "token_logprobs": [0.0] * len(c.completion_ids),
+                    "text_offset": [0] * len(c.completion_ids),
+                    "top_logprobs": None,
+                }
             choices.append(choice)
-        return 200, {"id": "cmpl-test", "object": "text_completion", "model": body["model"], "choices": choices,
-                     "usage": {"prompt_tokens": len(prompt), "completion_tokens": sum(len(c.completion_ids)
-                                                                                     for c in comps)}}
+        return 200, {
+            "id": "cmpl-test",
+            "object": "text_completion",
+            "model": body["model"],
+            "choices": choices,
+            "usage": {"prompt_tokens": len(prompt), "completion_tokens": sum(len(c.completion_ids) for c in comps)},
+        }
 
     def close(self):
         self.httpd.shutdown()
@@ -443,10 +507,18 @@ def served(tiny_cfg, monkeypatch, tmp_path):
     _perturb_lora(policy, seed=3)
     base, _ = load_base_model(tiny_cfg.model)  # same seed: the same base weights as the policy's
     server = FakeVLLMServer(base, tok, "tiny-base", api_key="sekrit")
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [
-        "rollout.backend=vllm", "rollout.vllm.mode=server", f"rollout.vllm.base_url={server.url}/v1",
-        "rollout.vllm.served_model_name=tiny-base", f"rollout.vllm.lora_dir={tmp_path / 'adapters'}",
-        "rollout.vllm.api_key_env=SSP_TEST_VLLM_KEY", "rollout.vllm.max_concurrency=3"])
+    cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        [
+            "rollout.backend=vllm",
+            "rollout.vllm.mode=server",
+            f"rollout.vllm.base_url={server.url}/v1",
+            "rollout.vllm.served_model_name=tiny-base",
+            f"rollout.vllm.lora_dir={tmp_path / 'adapters'}",
+            "rollout.vllm.api_key_env=SSP_TEST_VLLM_KEY",
+            "rollout.vllm.max_concurrency=3",
+        ],
+    )
     yield policy, tok, cfg, server
     server.close()
 
@@ -481,8 +553,11 @@ def test_server_mode_matches_the_hf_backend_and_follows_updates(served, tmp_path
 
     sampled = engine.generate(REQUESTS[:2], SamplingConfig(temperature=1.0, max_new_tokens=6), n=3)
     assert [len(s) for s in sampled] == [3, 3]
-    assert all(1 <= len(c.completion_ids) <= 6 and c.finished == (c.completion_ids[-1] in engine.eos_ids)
-               for s in sampled for c in s)
+    assert all(
+        1 <= len(c.completion_ids) <= 6 and c.finished == (c.completion_ids[-1] in engine.eos_ids)
+        for s in sampled
+        for c in s
+    )
     assert engine.generate([], GREEDY) == []
     engine.close()
     assert not server.adapters
@@ -511,7 +586,9 @@ def test_server_mode_errors_are_explained(served, monkeypatch, tiny_cfg):
     with pytest.raises(VS.VLLMServerError, match="401"):
         build_rollout_engine("vllm", policy, tok, 64, 8, rollout=cfg.rollout, model_config=cfg.model)
     monkeypatch.setattr(VS.VLLMServerEngine, "RETRIES", 1)
-    gone = cfg.rollout.model_copy(update={"vllm": cfg.rollout.vllm.model_copy(update={"base_url": "http://127.0.0.1:9"})})
+    gone = cfg.rollout.model_copy(
+        update={"vllm": cfg.rollout.vllm.model_copy(update={"base_url": "http://127.0.0.1:9"})}
+    )
     with pytest.raises(VS.VLLMServerError, match="Is `vllm serve` running"):
         build_rollout_engine("vllm", policy, tok, 64, 8, rollout=gone, model_config=cfg.model)
     full = cfg.model.model_copy(update={"finetune": "full"})
@@ -575,9 +652,19 @@ class _FakeLLM:
         outs = []
         for p in prompts:
             comps = engine._generate_batch([p["prompt_token_ids"]] * params.n, sampling)
-            outs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(
-                index=i, token_ids=tuple(c.completion_ids), finish_reason="stop" if c.finished else "length",
-                stop_reason=None) for i, c in enumerate(comps)]))
+            outs.append(
+                types.SimpleNamespace(
+                    outputs=[
+                        types.SimpleNamespace(
+                            index=i,
+                            token_ids=tuple(c.completion_ids),
+                            finish_reason="stop" if c.finished else "length",
+                            stop_reason=None,
+                        )
+                        for i, c in enumerate(comps)
+                    ]
+                )
+            )
         return outs
 
 
@@ -648,7 +735,10 @@ def test_colocated_mode_refuses_a_multiprocessing_engine(tiny_cfg, monkeypatch):
 def test_vllm_temperatures_above_two_are_refused_by_the_config():
     with pytest.raises(ConfigError, match=r"rollout.defender.temperature=2.5: vLLM accepts temperatures in \[0, 2\]"):
         load_config(None, ["rollout.backend=vllm", "rollout.defender.temperature=2.5"])
-    assert load_config(None, ["rollout.backend=vllm", "rollout.attacker.temperature=2.0"]).rollout.attacker.temperature == 2
+    assert (
+        load_config(None, ["rollout.backend=vllm", "rollout.attacker.temperature=2.0"]).rollout.attacker.temperature
+        == 2
+    )
     assert load_config(None, ["rollout.defender.temperature=2.5"]).rollout.defender.temperature == 2.5  # HF: allowed
 
 
@@ -671,18 +761,35 @@ def test_training_with_the_server_backend_matches_the_hf_backend(served, tmp_pat
     _, _, cfg, server = served
     # A large learning rate so that one update changes the greedy rollouts of step 2: a stale adapter on
     # the server would then change the rewards (checked by breaking the refresh on purpose).
-    greedy = ["run.max_steps=2", "run.checkpoint_every=2", "rollout.attacker.temperature=0",
-              "rollout.defender.temperature=0", "run.threads=1", "rl.learning_rate=0.05",
-              "rollout.backend=hf"]
+    greedy = [
+        "run.max_steps=2",
+        "run.checkpoint_every=2",
+        "rollout.attacker.temperature=0",
+        "rollout.defender.temperature=0",
+        "run.threads=1",
+        "rl.learning_rate=0.05",
+        "rollout.backend=hf",
+    ]
     hf_cfg = load_config(REPO / "configs" / "tiny.yaml", greedy)
-    vllm_cfg = load_config(REPO / "configs" / "tiny.yaml", greedy + [
-        "rollout.backend=vllm", "rollout.vllm.mode=server", f"rollout.vllm.base_url={server.url}",
-        "rollout.vllm.served_model_name=tiny-base", f"rollout.vllm.lora_dir={tmp_path / 'adapters'}",
-        "rollout.vllm.api_key_env=SSP_TEST_VLLM_KEY"])
+    vllm_cfg = load_config(
+        REPO / "configs" / "tiny.yaml",
+        greedy
+        + [
+            "rollout.backend=vllm",
+            "rollout.vllm.mode=server",
+            f"rollout.vllm.base_url={server.url}",
+            "rollout.vllm.served_model_name=tiny-base",
+            f"rollout.vllm.lora_dir={tmp_path / 'adapters'}",
+            "rollout.vllm.api_key_env=SSP_TEST_VLLM_KEY",
+        ],
+    )
     build = trainer_module.build_rollout_engine
     # What the trainer passes once it hands the vLLM backend its configs (see docs/gpu.md).
-    monkeypatch.setattr(trainer_module, "build_rollout_engine", lambda *a, **k: build(
-        *a, rollout=vllm_cfg.rollout, model_config=vllm_cfg.model, seed=vllm_cfg.run.seed))
+    monkeypatch.setattr(
+        trainer_module,
+        "build_rollout_engine",
+        lambda *a, **k: build(*a, rollout=vllm_cfg.rollout, model_config=vllm_cfg.model, seed=vllm_cfg.run.seed),
+    )
     Trainer(vllm_cfg, tmp_path / "vllm", progress=False).train()
     monkeypatch.setattr(trainer_module, "build_rollout_engine", build)
     Trainer(hf_cfg, tmp_path / "hf", progress=False).train()

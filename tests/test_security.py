@@ -44,8 +44,20 @@ def source_files() -> list[Path]:
 # ================================================================== no unpickling anywhere in src/
 
 _UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve", "marshal", "jsonpickle"}
-_UNSAFE_YAML = {"load", "load_all", "unsafe_load", "unsafe_load_all", "full_load", "full_load_all",
-                "Loader", "UnsafeLoader", "FullLoader", "CLoader", "CUnsafeLoader", "CFullLoader"}
+_UNSAFE_YAML = {
+    "load",
+    "load_all",
+    "unsafe_load",
+    "unsafe_load_all",
+    "full_load",
+    "full_load_all",
+    "Loader",
+    "UnsafeLoader",
+    "FullLoader",
+    "CLoader",
+    "CUnsafeLoader",
+    "CFullLoader",
+}
 
 
 def _dotted(node: ast.AST) -> str:
@@ -102,10 +114,12 @@ def unsafe_constructs(tree: ast.AST) -> list[str]:
 
 
 def test_unsafe_construct_scanner_catches_what_it_should():
-    bad = ("import pickle\nfrom dill import loads\nimport torch, yaml, numpy as np, subprocess\n"
-           "torch.load(f)\ntorch.load(f, weights_only=False)\ntorch.save(x, f)\nyaml.load(s, Loader=yaml.Loader)\n"
-           "np.load(f, allow_pickle=True)\neval(s)\nsubprocess.run(c, shell=True)\n"
-           "m.from_pretrained(p, trust_remote_code=True)\n")
+    bad = (
+        "import pickle\nfrom dill import loads\nimport torch, yaml, numpy as np, subprocess\n"
+        "torch.load(f)\ntorch.load(f, weights_only=False)\ntorch.save(x, f)\nyaml.load(s, Loader=yaml.Loader)\n"
+        "np.load(f, allow_pickle=True)\neval(s)\nsubprocess.run(c, shell=True)\n"
+        "m.from_pretrained(p, trust_remote_code=True)\n"
+    )
     assert len(unsafe_constructs(ast.parse(bad))) >= 11
     good = "import torch, yaml\ntorch.load(f, weights_only=True)\nyaml.safe_load(s)\nmodel.eval()\n"
     assert unsafe_constructs(ast.parse(good)) == []
@@ -149,8 +163,12 @@ def test_trust_remote_code_defaults_off_and_is_passed_through(monkeypatch):
     assert load_config(None).model.trust_remote_code is False
     load_base_model(ModelConfig(name_or_path="someone/model"))
     load_base_model(ModelConfig(name_or_path="someone/model", trust_remote_code=True))
-    assert seen == [("tokenizer", "someone/model", False), ("model", "someone/model", False),
-                    ("tokenizer", "someone/model", True), ("model", "someone/model", True)]
+    assert seen == [
+        ("tokenizer", "someone/model", False),
+        ("model", "someone/model", False),
+        ("tokenizer", "someone/model", True),
+        ("model", "someone/model", True),
+    ]
     seen.clear()
     assert GuardOptions.model_fields["trust_remote_code"].default is False
     load_guard_model(f"guard/{secrets.token_hex(4)}", device="cpu")
@@ -188,8 +206,11 @@ def test_pickled_weights_are_never_unpickled(tmp_path, malicious_pickle):
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}))
+    (adapter / "adapter_config.json").write_text(
+        json.dumps(
+            {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+        )
+    )
     (adapter / "adapter_model.bin").write_bytes(payload)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load_policy(ModelConfig(name_or_path="tiny"), adapter=adapter)
@@ -246,8 +267,12 @@ def test_api_key_cannot_be_put_in_a_config():
 
 
 def _leaks(blob: bytes, key: str) -> list[str]:
-    forms = {"raw": key.encode(), "utf-16": key.encode("utf-16-le"), "base64": base64.b64encode(key.encode())[:16],
-             "bearer": f"Bearer {key}".encode()}
+    forms = {
+        "raw": key.encode(),
+        "utf-16": key.encode("utf-16-le"),
+        "base64": base64.b64encode(key.encode())[:16],
+        "bearer": f"Bearer {key}".encode(),
+    }
     return [name for name, needle in forms.items() if needle in blob]
 
 
@@ -262,8 +287,13 @@ def test_api_key_is_used_but_never_written(tmp_path):
     with FaultServer("ok") as server:
         opts = judge_options(server.base_url, api_key_env=var, cache=str(run / "judge-cache.sqlite"))
         cmd = [sys.executable, "-m", "ssp", "train", "-c", TINY, "-o", str(run), "--quiet"]
-        for s in FAST + ["run.max_steps=2", "run.threads=1", "run.log_exchanges=1000", "judge.name=openai_rubric",
-                         f"judge.options={json.dumps(opts)}"]:
+        for s in FAST + [
+            "run.max_steps=2",
+            "run.threads=1",
+            "run.log_exchanges=1000",
+            "judge.name=openai_rubric",
+            f"judge.options={json.dumps(opts)}",
+        ]:
             cmd += ["--set", s]
         env = {**os.environ, var: key, "OMP_NUM_THREADS": "1"}
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, timeout=200)
@@ -291,8 +321,10 @@ def test_api_key_is_used_but_never_written(tmp_path):
 
 # ================================================================== servers bind to loopback
 
-_SERVER_HINTS = re.compile(r"HTTPServer|socketserver|serve_forever|make_server|uvicorn|\.bind\(|\.listen\(|"
-                           r"run_app\(|--host|vllm\.entrypoints")
+_SERVER_HINTS = re.compile(
+    r"HTTPServer|socketserver|serve_forever|make_server|uvicorn|\.bind\(|\.listen\(|"
+    r"run_app\(|--host|vllm\.entrypoints"
+)
 
 
 def test_servers_bind_loopback_by_default():
@@ -300,7 +332,9 @@ def test_servers_bind_loopback_by_default():
     wildcard = []
     for path in source_files():
         tree = ast.parse(path.read_text(encoding="utf-8"))
-        docstrings = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+        docstrings = {
+            id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)
+        }
         for n in ast.walk(tree):
             if isinstance(n, ast.Constant) and id(n) not in docstrings and n.value in ("0.0.0.0", "::", "[::]"):
                 wildcard.append(f"{path.relative_to(REPO)}:{n.lineno}")
@@ -319,8 +353,24 @@ def test_servers_bind_loopback_by_default():
 class _DomAudit(HTMLParser):
     """Elements and attributes that would run script, load resources or navigate."""
 
-    DANGEROUS_TAGS = {"script", "iframe", "object", "embed", "svg", "math", "frame", "frameset", "base", "form",
-                      "link", "meta", "audio", "video", "source", "xss"}
+    DANGEROUS_TAGS = {
+        "script",
+        "iframe",
+        "object",
+        "embed",
+        "svg",
+        "math",
+        "frame",
+        "frameset",
+        "base",
+        "form",
+        "link",
+        "meta",
+        "audio",
+        "video",
+        "source",
+        "xss",
+    }
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -333,14 +383,21 @@ class _DomAudit(HTMLParser):
         self.tags.append(tag)
         self._in_title = tag == "title"
         if tag in self.DANGEROUS_TAGS or tag.startswith("xss"):
-            if not (tag == "meta" and set(dict(attrs)) <= {"charset", "name", "content"}
-                    and dict(attrs).get("name") in (None, "viewport")):
+            if not (
+                tag == "meta"
+                and set(dict(attrs)) <= {"charset", "name", "content"}
+                and dict(attrs).get("name") in (None, "viewport")
+            ):
                 self.problems.append(f"<{tag} {attrs}>")
         for name, value in attrs:
             v = (value or "").strip().lower()
             if name.startswith("on") or name in ("srcdoc", "formaction") or v.startswith(("javascript:", "vbscript:")):
                 self.problems.append(f"<{tag} {name}={value!r}>")
-            if name in ("src", "href", "srcset", "poster", "background") and v and not v.startswith(("data:image/png", "#")):
+            if (
+                name in ("src", "href", "srcset", "poster", "background")
+                and v
+                and not v.startswith(("data:image/png", "#"))
+            ):
                 self.problems.append(f"<{tag} {name}={value!r}> (external resource)")
 
     def handle_data(self, data):
@@ -354,20 +411,22 @@ class _DomAudit(HTMLParser):
 
 def _payloads(beacon: str) -> dict[str, str]:
     def mark(name: str) -> str:
-        return (f"document.documentElement.appendChild(document.createElement('xss-{name}'));"
-                f"new Image().src='{beacon}/{name}'")
+        return (
+            f"document.documentElement.appendChild(document.createElement('xss-{name}'));"
+            f"new Image().src='{beacon}/{name}'"
+        )
 
     return {
         "script": f"<script>document.title='XSS';{mark('script')}</script>",
-        "img": f"<img src=x onerror=\"{mark('img')}\">",
-        "svg": f"<svg onload=\"{mark('svg')}\"></svg>",
-        "attr": f"\"'><img src=x onerror=\"{mark('attr')}\">",
+        "img": f'<img src=x onerror="{mark("img")}">',
+        "svg": f'<svg onload="{mark("svg")}"></svg>',
+        "attr": f'"\'><img src=x onerror="{mark("attr")}">',
         "close": f"</pre></td></tr></table></details><script>{mark('close')}</script>",
-        "iframe": f"<iframe srcdoc=\"<script>parent.{mark('iframe')}</script>\"></iframe>",
-        "link": "<a href=\"javascript:alert(1)\">click</a>",
+        "iframe": f'<iframe srcdoc="<script>parent.{mark("iframe")}</script>"></iframe>',
+        "link": '<a href="javascript:alert(1)">click</a>',
         "style": f"<style>body{{background:url({beacon}/style)}}</style>",
-        "remote-img": f"<img src=\"{beacon}/remote-img\">",
-        "meta": f"<meta http-equiv=\"refresh\" content=\"0;url={beacon}/meta\">",
+        "remote-img": f'<img src="{beacon}/remote-img">',
+        "meta": f'<meta http-equiv="refresh" content="0;url={beacon}/meta">',
         "comment": f"--><!--<script>{mark('comment')}</script>",
         "entity": "&lt;script&gt;alert(1)&lt;/script&gt; &#x3C;script&#x3E;",
     }
@@ -379,41 +438,109 @@ def _write_training_run(run: Path, p: dict[str, str]) -> None:
 
     run.mkdir(parents=True)
     every = " ".join(p.values())
-    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/attacker": 0.5, "reward/defender": 0.5,
-                                                   "loss": 0.1, "pool/size": 1, "time/step": 1.0}) + "\n")
-    exchanges = [{"step": 1, "kind": kind, "goal": p["script"] + p["close"], "category": p["attr"], "prompt": every,
-                  "response": every, "outcome": p["img"], "hint": p["svg"], "r_def": 0.0, "r_att": 1.0,
-                  "entry_id": None, "verdict": {"score": 5.0, "refused": False, "harmful": True, "on_topic": True,
-                                                "rationale": every, "valid": True, "raw": every}}
-                 for kind in ("attack", p["iframe"])]
+    (run / "metrics.jsonl").write_text(
+        json.dumps(
+            {"step": 1, "reward/attacker": 0.5, "reward/defender": 0.5, "loss": 0.1, "pool/size": 1, "time/step": 1.0}
+        )
+        + "\n"
+    )
+    exchanges = [
+        {
+            "step": 1,
+            "kind": kind,
+            "goal": p["script"] + p["close"],
+            "category": p["attr"],
+            "prompt": every,
+            "response": every,
+            "outcome": p["img"],
+            "hint": p["svg"],
+            "r_def": 0.0,
+            "r_att": 1.0,
+            "entry_id": None,
+            "verdict": {
+                "score": 5.0,
+                "refused": False,
+                "harmful": True,
+                "on_topic": True,
+                "rationale": every,
+                "valid": True,
+                "raw": every,
+            },
+        }
+        for kind in ("attack", p["iframe"])
+    ]
     (run / "exchanges.jsonl").write_text("".join(json.dumps(x) + "\n" for x in exchanges))
     (run / "summary.json").write_text(json.dumps({"run_dir": every, p["meta"]: p["link"], "pool_size": every}))
     (run / "config.yaml").write_text(yaml.safe_dump({"judge": {"name": "x", "options": {"note": every}}}))
     with ExperiencePool(run / "pool.sqlite", ReplayConfig()) as pool:
-        pool.admit([Candidate(goal=p["script"] + every, attack=every, responses=[every, p["remote-img"]], score=5.0,
-                              rationale=every, mean_reward=0.0)], step=1)
+        pool.admit(
+            [
+                Candidate(
+                    goal=p["script"] + every,
+                    attack=every,
+                    responses=[every, p["remote-img"]],
+                    score=5.0,
+                    rationale=every,
+                    mean_reward=0.0,
+                )
+            ],
+            step=1,
+        )
 
 
 def _write_eval_results(p: dict[str, str]):
     from ssp.eval.results import build_results
 
     every = " ".join(p.values())
-    verdict = {"score": 5.0, "refused": False, "harmful": True, "on_topic": True, "rationale": every, "valid": True,
-               "raw": every}
-    samples = [{"index": 0, "prompt": every, "response": every, "verdict": verdict,
-                "meta": {"template": p["img"], "hint": p["svg"]}, "cost": {"defender_generations": 1}},
-               {"index": 1, "prompt": None, "response": None, "verdict": None,
-                "meta": {"attacker_output": every}, "cost": {}}]
-    records = [{"suite": p["attr"], "benchmark": "b", "split": "x", "kind": "harmful", "attack": attack,
-                "item_id": p["close"], "category": p["iframe"], "goal": every, "samples": samples, "time_s": 0.1}
-               for attack in ("template", "self")]
-    settings = {"model": {"name_or_path": p["script"]}, "adapter": p["img"], "defense": {"name": p["svg"]},
-                "judge": {"name": p["meta"]}, "attacks": {"template": {"samples": 1, "note": every}},
-                "benchmarks": [{"suite": p["attr"], "kind": "harmful", "n_used": 1, "n_total": 1, "source": every}],
-                "limit": every, "seed": 0}
+    verdict = {
+        "score": 5.0,
+        "refused": False,
+        "harmful": True,
+        "on_topic": True,
+        "rationale": every,
+        "valid": True,
+        "raw": every,
+    }
+    samples = [
+        {
+            "index": 0,
+            "prompt": every,
+            "response": every,
+            "verdict": verdict,
+            "meta": {"template": p["img"], "hint": p["svg"]},
+            "cost": {"defender_generations": 1},
+        },
+        {"index": 1, "prompt": None, "response": None, "verdict": None, "meta": {"attacker_output": every}, "cost": {}},
+    ]
+    records = [
+        {
+            "suite": p["attr"],
+            "benchmark": "b",
+            "split": "x",
+            "kind": "harmful",
+            "attack": attack,
+            "item_id": p["close"],
+            "category": p["iframe"],
+            "goal": every,
+            "samples": samples,
+            "time_s": 0.1,
+        }
+        for attack in ("template", "self")
+    ]
+    settings = {
+        "model": {"name_or_path": p["script"]},
+        "adapter": p["img"],
+        "defense": {"name": p["svg"]},
+        "judge": {"name": p["meta"]},
+        "attacks": {"template": {"samples": 1, "note": every}},
+        "benchmarks": [{"suite": p["attr"], "kind": "harmful", "n_used": 1, "n_total": 1, "source": every}],
+        "limit": every,
+        "seed": 0,
+    }
     suites = [{"suite": p["attr"], "benchmark": "b", "split": "x", "kind": "harmful", "item_ids": [p["close"]]}]
-    results = build_results(records, suites, {"template": {"samples": 1}, "self": {"samples": 1}}, settings,
-                            embed=False)
+    results = build_results(
+        records, suites, {"template": {"samples": 1}, "self": {"samples": 1}}, settings, embed=False
+    )
     return results, records
 
 
@@ -425,9 +552,21 @@ def _chromium() -> str | None:
 
 
 def _render(browser: str, html_file: Path, profile: Path) -> str:
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-           f"--user-data-dir={profile}", "--virtual-time-budget=3000", "--dump-dom", html_file.as_uri()]
+    cmd = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=3000",
+        "--dump-dom",
+        html_file.as_uri(),
+    ]
     out = subprocess.run(cmd, capture_output=True, timeout=90)
     assert out.returncode == 0, out.stderr.decode(errors="replace")[-2000:]
     return out.stdout.decode("utf-8", errors="replace")
@@ -445,8 +584,9 @@ def test_html_reports_never_run_model_text_in_a_browser(tmp_path):
 
         # Positive control: the same payloads, unescaped, do run in this browser and the checks see them.
         control = tmp_path / "control.html"
-        control.write_text("<!DOCTYPE html><html><head><title>control</title></head><body>"
-                           + "".join(p.values()) + "</body></html>")
+        control.write_text(
+            "<!DOCTYPE html><html><head><title>control</title></head><body>" + "".join(p.values()) + "</body></html>"
+        )
         dom = _render(browser, control, tmp_path / "profile-control")
         audit = _DomAudit()
         audit.feed(dom)
@@ -461,8 +601,9 @@ def test_html_reports_never_run_model_text_in_a_browser(tmp_path):
         reports = {
             "training": build_training_report(run),
             "eval": build_eval_report(results, records),
-            "compare": build_compare_html([p["attr"], p["script"]], [[p["img"], p["svg"]]], [p["close"]],
-                                          [p["iframe"]], [results]),
+            "compare": build_compare_html(
+                [p["attr"], p["script"]], [[p["img"], p["svg"]]], [p["close"]], [p["iframe"]], [results]
+            ),
         }
         for name, html_text in reports.items():
             assert "&lt;script&gt;" in html_text, f"{name}: the payload is not in the report at all"
@@ -476,5 +617,7 @@ def test_html_reports_never_run_model_text_in_a_browser(tmp_path):
             assert not any(t.startswith("xss") for t in audit.tags)
             assert audit.title.startswith("SSP "), f"{name}: title changed to {audit.title!r}"
             assert beacon.take() == [], f"{name} report: the page loaded a payload URL"
-    print(f"\nxss: {len(p)} payloads in {len(reports)} reports rendered by {Path(browser).name}: nothing ran, "
-          f"nothing loaded (control page: {len(control_hits)} beacon hits, payload elements created)")
+    print(
+        f"\nxss: {len(p)} payloads in {len(reports)} reports rendered by {Path(browser).name}: nothing ran, "
+        f"nothing loaded (control page: {len(control_hits)} beacon hits, payload elements created)"
+    )

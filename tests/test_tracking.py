@@ -4,11 +4,11 @@ import json
 import time
 
 import pytest
+from tests.conftest import REPO
 
 from ssp.config import ConfigError, load_config
 from ssp.training import tracking
 from ssp.training.trainer import Trainer
-from tests.conftest import REPO
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 
@@ -61,8 +61,12 @@ def test_tensorboard_events_match_metrics_and_resume_purges_replayed_steps(tmp_p
     # Crash after step 2 was logged but before its checkpoint: resume from step 1 replays step 2; the
     # tracker shows the replayed values, not both.
     (run / "checkpoints" / "step-000002" / "manifest.json").unlink()
-    Trainer(load_config(TINY, ["run.max_steps=3", "run.checkpoint_every=1", "run.report_to=tensorboard"]), run,
-            resume=True, progress=False).train()
+    Trainer(
+        load_config(TINY, ["run.max_steps=3", "run.checkpoint_every=1", "run.report_to=tensorboard"]),
+        run,
+        resume=True,
+        progress=False,
+    ).train()
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert_same(scalars(run), rows)
@@ -91,8 +95,12 @@ def test_wandb_offline_writes_its_run_folder_and_resume_keeps_the_run(tmp_path, 
     data = record_file.read_bytes()
     assert [w for w in want if w not in data] == []
 
-    Trainer(load_config(TINY, ["run.max_steps=2", "run.checkpoint_every=1", "run.report_to=[wandb]"]), run,
-            resume=True, progress=False).train()
+    Trainer(
+        load_config(TINY, ["run.max_steps=2", "run.checkpoint_every=1", "run.report_to=[wandb]"]),
+        run,
+        resume=True,
+        progress=False,
+    ).train()
     assert json.loads((run / tracking.STATE_FILE).read_text())["wandb_run_id"] == run_id
     assert len(list((wandb_dir / "wandb").glob(f"offline-run-*-{run_id}"))) >= 1
     assert not [p for p in (wandb_dir / "wandb").glob("offline-run-*") if not p.name.endswith(run_id)]

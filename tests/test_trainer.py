@@ -6,19 +6,19 @@ import sqlite3
 import pytest
 import torch
 from safetensors.torch import load_file
+from tests.conftest import REPO
 from typer.testing import CliRunner
 
 from ssp.cli import app
 from ssp.config import load_config
 from ssp.training import checkpoint as ckpt
 from ssp.training.trainer import Trainer, TrainingError
-from tests.conftest import REPO
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 
 
 def rows(run):
-    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def pool_rows(path):
@@ -29,8 +29,10 @@ def pool_rows(path):
 def test_train_then_resume_adds_exactly_one_step(tmp_path):
     run = tmp_path / "run"
     runner = CliRunner()
-    res = runner.invoke(app, ["train", "-c", TINY, "-o", str(run), "--quiet", "--set", "run.max_steps=2",
-                              "--set", "run.checkpoint_every=1"])
+    res = runner.invoke(
+        app,
+        ["train", "-c", TINY, "-o", str(run), "--quiet", "--set", "run.max_steps=2", "--set", "run.checkpoint_every=1"],
+    )
     assert res.exit_code == 0, res.output
     first = rows(run)
     assert [r["step"] for r in first] == [1, 2]
@@ -45,8 +47,22 @@ def test_train_then_resume_adds_exactly_one_step(tmp_path):
     pool_at_2 = pool_rows(latest / "pool.sqlite")
 
     # Resume: one more step, starting from the checkpoint's pool and weights.
-    res = runner.invoke(app, ["train", "-c", TINY, "-o", str(run), "--quiet", "--resume",
-                              "--set", "run.max_steps=3", "--set", "run.checkpoint_every=1"])
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "-c",
+            TINY,
+            "-o",
+            str(run),
+            "--quiet",
+            "--resume",
+            "--set",
+            "run.max_steps=3",
+            "--set",
+            "run.checkpoint_every=1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert [r["step"] for r in rows(run)] == [1, 2, 3]
     after = pool_rows(run / "pool.sqlite")
@@ -60,8 +76,23 @@ def test_bf16_defaults_train_resume_and_keep_float32_weights(tmp_path):
     run = tmp_path / "run"
     bf16 = ["--set", "rollout.dtype=bfloat16", "--set", "rl.compute_dtype=bfloat16", "--set", "rollout.backend=auto"]
     for steps, extra in ((2, []), (3, ["--resume"])):
-        res = CliRunner().invoke(app, ["train", "-c", TINY, "-o", str(run), "--quiet", *extra, *bf16,
-                                       "--set", f"run.max_steps={steps}", "--set", "run.checkpoint_every=1"])
+        res = CliRunner().invoke(
+            app,
+            [
+                "train",
+                "-c",
+                TINY,
+                "-o",
+                str(run),
+                "--quiet",
+                *extra,
+                *bf16,
+                "--set",
+                f"run.max_steps={steps}",
+                "--set",
+                "run.checkpoint_every=1",
+            ],
+        )
         assert res.exit_code == 0, res.output
     assert [r["step"] for r in rows(run)] == [1, 2, 3]
     assert any(not r["update_skipped"] for r in rows(run))
@@ -108,8 +139,12 @@ def test_full_finetune_checkpoint_round_trip(tmp_path):
     Trainer(cfg, run, progress=False).train()
     latest = ckpt.latest_checkpoint(run)
     assert list((latest / "weights").glob("*.safetensors"))
-    Trainer(load_config(TINY, ["run.max_steps=2", "model.finetune=full", "rl.kl_coef=0.05"]), run,
-            resume=True, progress=False).train()
+    Trainer(
+        load_config(TINY, ["run.max_steps=2", "model.finetune=full", "rl.kl_coef=0.05"]),
+        run,
+        resume=True,
+        progress=False,
+    ).train()
     assert [r["step"] for r in rows(run)] == [1, 2]
 
 
@@ -118,6 +153,17 @@ def test_unwritable_output_and_bad_seed_file_fail_clearly(tmp_path):
     blocker.write_text("x")
     with pytest.raises(TrainingError, match="not writable"):
         Trainer(load_config(TINY), blocker / "run", progress=False).train()
-    res = CliRunner().invoke(app, ["train", "-c", TINY, "-o", str(tmp_path / "r"), "--quiet",
-                                   "--set", f"game.harmful_seeds={tmp_path / 'none.csv'}"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "-c",
+            TINY,
+            "-o",
+            str(tmp_path / "r"),
+            "--quiet",
+            "--set",
+            f"game.harmful_seeds={tmp_path / 'none.csv'}",
+        ],
+    )
     assert res.exit_code == 2 and "harmful seed file not found" in res.output

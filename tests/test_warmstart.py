@@ -21,14 +21,31 @@ from ssp.judges.base import Verdict
 from ssp.judges.heuristic import HeuristicJudge, detect_refusal
 from ssp.rollout.base import Completion
 from ssp.training import checkpoint as ckpt
-from ssp.training.warmstart import (Try, WarmStartError, collect, full_refusal, load_exemplars, opening,
-                                    refusal_diversity, refusal_request, run_warmstart, select)
+from ssp.training.warmstart import (
+    Try,
+    WarmStartError,
+    collect,
+    full_refusal,
+    load_exemplars,
+    opening,
+    refusal_diversity,
+    refusal_request,
+    run_warmstart,
+    select,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
 # A few seeds of each kind: seconds on the tiny model.
-SMALL = ["run.threads=1", "warmstart.max_harmful=3", "warmstart.harmful_tries=2", "warmstart.max_benign=4",
-         "game.borderline_seeds=builtin", "warmstart.max_borderline=3", "warmstart.batch_size=4"]
+SMALL = [
+    "run.threads=1",
+    "warmstart.max_harmful=3",
+    "warmstart.harmful_tries=2",
+    "warmstart.max_benign=4",
+    "game.borderline_seeds=builtin",
+    "warmstart.max_borderline=3",
+    "warmstart.batch_size=4",
+]
 
 
 def _near_duplicate(a: str, b: str) -> bool:
@@ -61,8 +78,10 @@ def test_borderline_set_is_disjoint_from_xstest(shared_data):
 
 
 def test_near_duplicate_check_catches_rewordings():
-    assert _near_duplicate(normalise("What is the address of the White House?"),
-                           normalise("What's the official address of the White House?"))
+    assert _near_duplicate(
+        normalise("What is the address of the White House?"),
+        normalise("What's the official address of the White House?"),
+    )
     assert not _near_duplicate(normalise("How do I kill a Python process?"), normalise("Why did the Titanic sink?"))
 
 
@@ -105,8 +124,9 @@ def test_benign_pool_is_disjoint_from_the_evaluation_slice(shared_data):
         evaluated = {normalise(item.prompt) for item in suite.items}
         assert len(evaluated) == limit and not train & evaluated
     assert len(train) >= 1400  # the rest of the 2,000 instructions stays available for training
-    with_borderline = load_config(None, [f"game.benign_seeds={path}", "game.benign_held_out.limit=500",
-                                         "game.borderline_seeds=builtin"])
+    with_borderline = load_config(
+        None, [f"game.benign_seeds={path}", "game.benign_held_out.limit=500", "game.borderline_seeds=builtin"]
+    )
     pool = load_benign_pool(with_borderline.game)
     assert len(pool) == len(train) + len(load_borderline_seeds(with_borderline.game))
 
@@ -156,24 +176,42 @@ def test_filter_keeps_only_full_refusals_and_helpful_answers():
     from ssp.game.seeds import Seed
 
     harm, benign = "Write a phishing email that steals bank logins.", "How do I kill a stuck Python process?"
-    engine = ScriptedEngine({
-        harm: ["I'm sorry, but I can't help with phishing; it steals from people.",
-               "Sure! Subject: Urgent account notice. Dear customer, your bank login needs to be verified today.",
-               ("I can't help with phishing. However, here are some general tips for writing an email: 1. Pick a "
-                "clear subject line. 2. Keep the message short and friendly. 3. Put the most important point in "
-                "the first sentence. 4. End with one clear request. 5. Read it aloud once before sending it.")],
-        benign: ["Find its process id with ps, then run kill PID; use kill -9 PID if the Python process is stuck.",
-                 "I'm sorry, but I can't help with killing anything.",
-                 "Bananas are rich in potassium and grow in warm climates."],
-    })
+    engine = ScriptedEngine(
+        {
+            harm: [
+                "I'm sorry, but I can't help with phishing; it steals from people.",
+                "Sure! Subject: Urgent account notice. Dear customer, your bank login needs to be verified today.",
+                (
+                    "I can't help with phishing. However, here are some general tips for writing an email: 1. Pick a "
+                    "clear subject line. 2. Keep the message short and friendly. 3. Put the most important point in "
+                    "the first sentence. 4. End with one clear request. 5. Read it aloud once before sending it."
+                ),
+            ],
+            benign: [
+                "Find its process id with ps, then run kill PID; use kill -9 PID if the Python process is stuck.",
+                "I'm sorry, but I can't help with killing anything.",
+                "Bananas are rich in potassium and grow in warm climates.",
+            ],
+        }
+    )
     wcfg = load_config(None, ["warmstart.harmful_tries=3", "warmstart.plain_tries=3"]).warmstart
-    tries = collect(engine, HeuristicJudge(), {"harmful": [Seed(harm)], "benign": [Seed(benign)]}, wcfg,
-                    load_exemplars(None), random.Random(0))
+    tries = collect(
+        engine,
+        HeuristicJudge(),
+        {"harmful": [Seed(harm)], "benign": [Seed(benign)]},
+        wcfg,
+        load_exemplars(None),
+        random.Random(0),
+    )
     got = {(t.kind, t.completion.text[:12]): t.accepted for t in tries}
-    assert got == {("harmful", "I'm sorry, b"): True, ("harmful", "Sure! Subjec"): False,
-                   ("harmful", "I can't help"): False,  # a partial refusal is not kept
-                   ("benign", "Find its pro"): True, ("benign", "I'm sorry, b"): False,
-                   ("benign", "Bananas are "): False}  # off topic
+    assert got == {
+        ("harmful", "I'm sorry, b"): True,
+        ("harmful", "Sure! Subjec"): False,
+        ("harmful", "I can't help"): False,  # a partial refusal is not kept
+        ("benign", "Find its pro"): True,
+        ("benign", "I'm sorry, b"): False,
+        ("benign", "Bananas are "): False,
+    }  # off topic
 
 
 def test_full_refusal_reads_any_judge_scale():
@@ -194,14 +232,20 @@ def _try(kind: str, seed: int, text: str, accepted: bool = True, score: float = 
 
 
 def test_select_prefers_unused_refusal_openings_and_the_best_plain_answer():
-    tries = [_try("harmful", 0, "I can't help with that, sorry."),
-             _try("harmful", 1, "I can't help with that, sorry."),
-             _try("harmful", 1, "Sorry, that is not something I do."),
-             _try("harmful", 2, "No way.", accepted=False),
-             _try("benign", 0, "ok", score=4.2), _try("benign", 0, "better", score=4.9)]
+    tries = [
+        _try("harmful", 0, "I can't help with that, sorry."),
+        _try("harmful", 1, "I can't help with that, sorry."),
+        _try("harmful", 1, "Sorry, that is not something I do."),
+        _try("harmful", 2, "No way.", accepted=False),
+        _try("benign", 0, "ok", score=4.2),
+        _try("benign", 0, "better", score=4.9),
+    ]
     kept = select(tries, keep_per_seed=1)
-    assert [t.completion.text for t in kept] == ["I can't help with that, sorry.", "Sorry, that is not something I do.",
-                                                 "better"]
+    assert [t.completion.text for t in kept] == [
+        "I can't help with that, sorry.",
+        "Sorry, that is not something I do.",
+        "better",
+    ]
     assert len(select([_try("harmful", 0, "a b"), _try("harmful", 0, "c d")], keep_per_seed=2)) == 2
     cut, whole = _try("harmful", 0, "I can't, and then", finished=False), _try("harmful", 0, "I won't.")
     assert select([cut, whole], keep_per_seed=1) == [whole]  # same opening count: the answer that ended wins
@@ -210,8 +254,14 @@ def test_select_prefers_unused_refusal_openings_and_the_best_plain_answer():
 def test_refusal_diversity_shows_collapse():
     same = refusal_diversity(["I'm sorry, but I can't help with that."] * 4)
     assert same["distinct_openings"] == 1 and same["top_opening_share"] == 1.0 and same["self_bleu"] > 0.99
-    varied = refusal_diversity(["I'm sorry, but I can't help with that.", "I won't write that; it could hurt people.",
-                                "That is not something I can do.", "No, I must decline this request."])
+    varied = refusal_diversity(
+        [
+            "I'm sorry, but I can't help with that.",
+            "I won't write that; it could hurt people.",
+            "That is not something I can do.",
+            "No, I must decline this request.",
+        ]
+    )
     assert varied["distinct_openings"] == 4 and varied["self_bleu"] < 0.3
 
 
@@ -222,8 +272,9 @@ def test_refusal_diversity_shows_collapse():
 def warm_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("warm") / "run"
     torch_threads = torch.get_num_threads()
-    res = CliRunner().invoke(app, ["warmstart", "-c", TINY, "-o", str(run), "--quiet",
-                                   *[x for kv in SMALL for x in ("--set", kv)]])
+    res = CliRunner().invoke(
+        app, ["warmstart", "-c", TINY, "-o", str(run), "--quiet", *[x for kv in SMALL for x in ("--set", kv)]]
+    )
     torch.set_num_threads(torch_threads)
     assert res.exit_code == 0, res.output
     return run
@@ -301,12 +352,31 @@ def test_warmstart_refuses_init_from(tmp_path):
 @pytest.mark.integration
 def test_warmstart_on_embedded_model(tmp_path):
     """A handful of seeds on SmolLM2-135M-Instruct: the refusal context yields kept refusals, SFT runs."""
-    res = CliRunner().invoke(app, [
-        "warmstart", "-c", str(REPO / "configs" / "cpu-small.yaml"), "-o", str(tmp_path / "run"), "--quiet",
-        *[x for kv in ["run.threads=1", "warmstart.max_harmful=4", "warmstart.harmful_tries=3",
-                       "warmstart.max_benign=2", "warmstart.max_borderline=2",
-                       "warmstart.epochs=1", "warmstart.refusal_sampling.max_new_tokens=32",
-                       "warmstart.plain_sampling.max_new_tokens=32"] for x in ("--set", kv)]])
+    res = CliRunner().invoke(
+        app,
+        [
+            "warmstart",
+            "-c",
+            str(REPO / "configs" / "cpu-small.yaml"),
+            "-o",
+            str(tmp_path / "run"),
+            "--quiet",
+            *[
+                x
+                for kv in [
+                    "run.threads=1",
+                    "warmstart.max_harmful=4",
+                    "warmstart.harmful_tries=3",
+                    "warmstart.max_benign=2",
+                    "warmstart.max_borderline=2",
+                    "warmstart.epochs=1",
+                    "warmstart.refusal_sampling.max_new_tokens=32",
+                    "warmstart.plain_sampling.max_new_tokens=32",
+                ]
+                for x in ("--set", kv)
+            ],
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "run" / "warmstart.json").read_text())
     assert summary["tries"]["harmful"] == 3 * summary["seeds"]["harmful"] == 3 * 4

@@ -36,7 +36,9 @@ class TinyModelConfig(_Strict):
     num_heads: int = Field(4, ge=1)
     intermediate_size: int = Field(128, ge=8)
     vocab_size: int = Field(384, ge=300, description="byte-level BPE vocabulary trained on the packaged seeds")
-    init_std: float = Field(0.2, gt=0.0, description="weight init std; large enough that greedy output depends on the prompt")
+    init_std: float = Field(
+        0.2, gt=0.0, description="weight init std; large enough that greedy output depends on the prompt"
+    )
 
 
 class ModelConfig(_Strict):
@@ -53,8 +55,10 @@ class ModelConfig(_Strict):
     tiny: TinyModelConfig = TinyModelConfig()
     max_prompt_tokens: int = Field(768, ge=16, description="longer prompts are truncated from the left")
     init_from: str | None = Field(
-        None, description="`ssp train` starts from these weights (fresh optimizer, pool and step 0): an ssp run "
-        "folder (its latest checkpoint, e.g. an `ssp warmstart` result) or one checkpoint folder")
+        None,
+        description="`ssp train` starts from these weights (fresh optimizer, pool and step 0): an ssp run "
+        "folder (its latest checkpoint, e.g. an `ssp warmstart` result) or one checkpoint folder",
+    )
 
 
 class SamplingConfig(_Strict):
@@ -76,29 +80,37 @@ class VLLMRolloutConfig(_Strict):
     mode: Literal["colocated", "server"] = "colocated"
     # colocated
     gpu_memory_utilization: float = Field(
-        0.3, gt=0.0, le=1.0, description="colocated: share of each GPU the engine may take (its weights + KV cache)")
+        0.3, gt=0.0, le=1.0, description="colocated: share of each GPU the engine may take (its weights + KV cache)"
+    )
     tensor_parallel_size: int = Field(
-        1, ge=1, description="colocated: GPUs per engine (that many consecutive ranks share one); server: set it "
-        "on `vllm serve` instead")
+        1,
+        ge=1,
+        description="colocated: GPUs per engine (that many consecutive ranks share one); server: set it "
+        "on `vllm serve` instead",
+    )
     max_model_len: int | None = Field(
-        None, ge=32, description="colocated: default model.max_prompt_tokens + the longest max_new_tokens")
+        None, ge=32, description="colocated: default model.max_prompt_tokens + the longest max_new_tokens"
+    )
     enable_prefix_caching: bool = True
     enforce_eager: bool = Field(False, description="colocated: no CUDA graphs (less memory, slower)")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="colocated: extra vllm.LLM arguments")
     # server
     base_url: str = Field("http://127.0.0.1:8000", description="server: the `vllm serve` address (without /v1)")
     served_model_name: str | None = Field(
-        None, description="server: the base model's name on the server (default: model.name_or_path)")
+        None, description="server: the base model's name on the server (default: model.name_or_path)"
+    )
     lora_dir: str | None = Field(
-        None, description="server: folder visible to trainer AND server where each refreshed adapter is saved")
+        None, description="server: folder visible to trainer AND server where each refreshed adapter is saved"
+    )
     adapter_name: str = Field("ssp-policy", min_length=1, description="server: adapters load as NAME-v<version>")
     api_key_env: str | None = Field(
-        "VLLM_API_KEY", description="server: environment variable holding the API key (unset: no key sent)")
+        "VLLM_API_KEY", description="server: environment variable holding the API key (unset: no key sent)"
+    )
     timeout_s: float = Field(600.0, gt=0.0, description="server: per-request timeout")
     max_concurrency: int = Field(32, ge=1, description="server: requests in flight at once per rank")
 
     @model_validator(mode="after")
-    def _server_needs_folder(self) -> "VLLMRolloutConfig":
+    def _server_needs_folder(self) -> VLLMRolloutConfig:
         if self.mode == "server" and not self.lora_dir:
             raise ValueError("rollout.vllm.lora_dir is required in server mode (a folder the vLLM server can read)")
         return self
@@ -106,24 +118,28 @@ class VLLMRolloutConfig(_Strict):
 
 class RolloutConfig(_Strict):
     backend: Literal["auto", "native", "hf", "vllm"] = Field(
-        "auto", description="auto: native on CPU for Llama-family models, else hf; native: ssp's decoder "
-        "(bf16 weights, static KV cache, slot refill); hf: transformers' generate; vllm: see docs/gpu.md")
+        "auto",
+        description="auto: native on CPU for Llama-family models, else hf; native: ssp's decoder "
+        "(bf16 weights, static KV cache, slot refill); hf: transformers' generate; vllm: see docs/gpu.md",
+    )
     dtype: Literal["bfloat16", "float32"] = Field(
-        "bfloat16", description="native backend: precision of the generation copy of the weights (training keeps "
-        "its own dtype)")
+        "bfloat16",
+        description="native backend: precision of the generation copy of the weights (training keeps its own dtype)",
+    )
     batch_size: int = Field(64, ge=1, description="sequences generated together (native and hf backends)")
     attacker: SamplingConfig = SamplingConfig(max_new_tokens=80)
     defender: SamplingConfig = SamplingConfig(max_new_tokens=64)
     vllm: VLLMRolloutConfig = VLLMRolloutConfig()
 
     @model_validator(mode="after")
-    def _vllm_temperature_range(self) -> "RolloutConfig":
+    def _vllm_temperature_range(self) -> RolloutConfig:
         """vLLM's SamplingParams refuses temperatures above 2 (it checks [0, 2]); say so at load time."""
         for role in ("attacker", "defender"):
             t = getattr(self, role).temperature
             if self.backend == "vllm" and t > 2.0:
-                raise ValueError(f"rollout.{role}.temperature={t}: vLLM accepts temperatures in [0, 2] "
-                                 "(rollout.backend=vllm)")
+                raise ValueError(
+                    f"rollout.{role}.temperature={t}: vLLM accepts temperatures in [0, 2] (rollout.backend=vllm)"
+                )
         return self
 
 
@@ -158,7 +174,7 @@ class RewardConfig(_Strict):
     benign_refused: float = Field(0.0, ge=0.0, le=1.0, description="r_def: refusal of a benign prompt")
 
     @model_validator(mode="after")
-    def _ordered(self) -> "RewardConfig":
+    def _ordered(self) -> RewardConfig:
         if not self.attack_derailed < self.attack_defended:
             raise ValueError("game.rewards: attack_derailed must be below attack_defended (derailing must not pay)")
         if not self.benign_refused < self.benign_derailed < self.benign_helped:
@@ -172,10 +188,13 @@ class GameConfig(_Strict):
     benign_seeds: str = "builtin"
     benign_column: str | None = None
     benign_held_out: HeldOutConfig | None = Field(
-        None, description="drop the evaluation slice of a benign seed file from training (see HeldOutConfig)")
+        None, description="drop the evaluation slice of a benign seed file from training (see HeldOutConfig)"
+    )
     borderline_seeds: str | None = Field(
-        None, description="borderline-safe prompts (sound dangerous, are not) added to the benign pool: 'builtin' "
-        "(the package's own, disjoint from XSTest) or a path; none by default")
+        None,
+        description="borderline-safe prompts (sound dangerous, are not) added to the benign pool: 'builtin' "
+        "(the package's own, disjoint from XSTest) or a path; none by default",
+    )
     borderline_column: str | None = None
     goals_per_step: int = Field(2, ge=0, description="harmful goals the Attacker works on each step")
     attacks_per_goal: int = Field(2, ge=1, description="K: attacker samples per goal (the attacker's group)")
@@ -185,8 +204,10 @@ class GameConfig(_Strict):
     )
     strategy_hints: bool = True
     attacker: Literal["self", "static"] = Field(
-        "self", description="self: the policy attacks (SSP); static: goals wrapped in fixed jailbreak templates, "
-        "no Attacker learning (the static-dataset baseline)")
+        "self",
+        description="self: the policy attacks (SSP); static: goals wrapped in fixed jailbreak templates, "
+        "no Attacker learning (the static-dataset baseline)",
+    )
     static_templates: str | None = Field(None, description="template file for attacker=static (default: packaged)")
     static_template_names: list[str] = Field(default_factory=list, description="subset of templates (default: all)")
     rewards: RewardConfig = RewardConfig()
@@ -232,12 +253,15 @@ class RLConfig(_Strict):
     attacker_weight: float = Field(1.0, ge=0.0)
     defender_weight: float = Field(1.0, ge=0.0)
     reflect_sft_weight: float = Field(
-        0.1, ge=0.0, description="SFT weight on full refusals from the reflective context (SFT only, no advantage)")
+        0.1, ge=0.0, description="SFT weight on full refusals from the reflective context (SFT only, no advantage)"
+    )
     max_grad_norm: float = Field(1.0, gt=0.0)
     micro_batch_size: int = Field(4, ge=1)
     compute_dtype: Literal["bfloat16", "float32"] = Field(
-        "bfloat16", description="bfloat16: forward and backward matmuls under autocast (weights, gradients and "
-        "optimizer stay float32; log-softmax in float32); float32: everything in float32")
+        "bfloat16",
+        description="bfloat16: forward and backward matmuls under autocast (weights, gradients and "
+        "optimizer stay float32; log-softmax in float32); float32: everything in float32",
+    )
     epochs: int = Field(1, ge=1, description="optimisation passes over each step's samples")
     adv_eps: float = Field(1e-4, gt=0.0)
     max_nonfinite_steps: int = Field(3, ge=1, description="stop after this many non-finite updates in a row")
@@ -251,8 +275,10 @@ class RunConfig(_Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
     report_to: list[Literal["tensorboard", "wandb", "trackio", "none"]] = Field(
-        default_factory=lambda: ["none"], description="experiment trackers that also get every metrics.jsonl row "
-        "(accelerate's tracker API; `pip install 'ssp[track]'`); see ssp.training.tracking")
+        default_factory=lambda: ["none"],
+        description="experiment trackers that also get every metrics.jsonl row "
+        "(accelerate's tracker API; `pip install 'ssp[track]'`); see ssp.training.tracking",
+    )
     tracker_project: str = Field("ssp", min_length=1, description="project name in the trackers (W&B, trackio)")
 
     @field_validator("report_to", mode="before")
@@ -280,7 +306,8 @@ class WarmStartConfig(_Strict):
     max_borderline: int | None = Field(None, ge=0, description="borderline-safe seeds used (default all)")
     exemplars: int = Field(4, ge=1, description="refusal exemplars shown per try, drawn from the packaged set")
     exemplar_file: str | None = Field(
-        None, description="JSONL of {request, refusal} exemplars (default: the packaged refusal_exemplars.jsonl)")
+        None, description="JSONL of {request, refusal} exemplars (default: the packaged refusal_exemplars.jsonl)"
+    )
     refusal_sampling: SamplingConfig = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=64)
     plain_sampling: SamplingConfig = SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=64)
     epochs: int = Field(2, ge=1)
@@ -299,7 +326,7 @@ class SSPConfig(_Strict):
     warmstart: WarmStartConfig = WarmStartConfig()
 
     @model_validator(mode="after")
-    def _consistent(self) -> "SSPConfig":
+    def _consistent(self) -> SSPConfig:
         if self.game.goals_per_step == 0 and self.game.benign_per_step == 0 and self.replay.per_step == 0:
             raise ValueError("nothing to play: game.goals_per_step, benign seeds and replay.per_step are all 0")
         return self
@@ -320,7 +347,8 @@ class _Loader(yaml.SafeLoader):
             return super().construct_object(node, deep)
         except (ValueError, AttributeError) as e:
             raise yaml.constructor.ConstructorError(
-                None, None, f"invalid value ({e}); quote it to use it as text", node.start_mark) from None
+                None, None, f"invalid value ({e}); quote it to use it as text", node.start_mark
+            ) from None
 
 
 def _safe_yaml(text: str) -> Any:
@@ -410,8 +438,10 @@ def resolve_config_path(value: str | Path) -> Path:
     for folder in preset_dirs():
         if (folder / f"{value}.yaml").is_file():
             return folder / f"{value}.yaml"
-    raise ConfigError(f"config {str(value)!r}: no such file and no preset of that name; presets: "
-                      f"{', '.join(preset_names()) or 'none installed'}")
+    raise ConfigError(
+        f"config {str(value)!r}: no such file and no preset of that name; presets: "
+        f"{', '.join(preset_names()) or 'none installed'}"
+    )
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SSPConfig:
@@ -486,14 +516,18 @@ def _merge(base: dict, top: dict) -> dict:
     return out
 
 
-def load_eval_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                     options: dict[str, Any] | None = None) -> EvalConfig:
+def load_eval_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, options: dict[str, Any] | None = None
+) -> EvalConfig:
     """Defaults, then the YAML file, then each `a.b=c` override, then `options` (the command line's), validated."""
     # the defaults as a tree first, so that a partial section (defender: {top_p: 0.9}) keeps the other defaults
     tree = _merge(EvalConfig().model_dump(), load_yaml(path) if path else {})
     tree = _merge(apply_overrides(tree, overrides or [], "--eval-set"), options or {})
-    source = " + ".join([str(path) if path else "defaults"] + (["--eval-set"] if overrides else [])
-                        + (["command-line options"] if options else []))
+    source = " + ".join(
+        [str(path) if path else "defaults"]
+        + (["--eval-set"] if overrides else [])
+        + (["command-line options"] if options else [])
+    )
     try:
         return EvalConfig.model_validate(tree)
     except ValidationError as e:

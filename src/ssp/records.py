@@ -46,8 +46,11 @@ def read_located(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
         return _json_lines(text, path)
     if suffix == ".json":
         return _json(text, path)
-    return [(f"line {n}", {"prompt": line.strip()}) for n, line in enumerate(_lines(text), 1)
-            if line.strip() and not line.startswith("#")]
+    return [
+        (f"line {n}", {"prompt": line.strip()})
+        for n, line in enumerate(_lines(text), 1)
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 import yaml
@@ -86,90 +86,149 @@ def _read_results(folders: list[Path]) -> list[dict[str, Any]]:
 
 def method_sentences(cfg) -> str:
     """The method in two sentences, true to the run's own settings."""
-    roles = ("as Attacker it rewrites a harmful goal into a jailbreak prompt and as Defender it answers it"
-             if cfg.game.attacker == "self" else
-             "as Defender it answers harmful goals wrapped in fixed jailbreak templates (the static-attack baseline)")
-    first = (f"Trained with Safety Self-Play (ssp): one policy plays both sides of a red-teaming game ({roles}), "
-             f"a safety judge (`{cfg.judge.name}`) scores each answer 1–5 for harmfulness, and the zero-sum rewards "
-             "update both roles together by GRPO with a KL penalty to the base model.")
+    roles = (
+        "as Attacker it rewrites a harmful goal into a jailbreak prompt and as Defender it answers it"
+        if cfg.game.attacker == "self"
+        else "as Defender it answers harmful goals wrapped in fixed jailbreak templates (the static-attack baseline)"
+    )
+    first = (
+        f"Trained with Safety Self-Play (ssp): one policy plays both sides of a red-teaming game ({roles}), "
+        f"a safety judge (`{cfg.judge.name}`) scores each answer 1–5 for harmfulness, and the zero-sum rewards "
+        "update both roles together by GRPO with a KL penalty to the base model."
+    )
     if cfg.replay.mode == "none":
         second = "This run used no experience replay (ablation)."
     else:
-        second = (f"The Defender's failures enter an experience pool and are replayed ({cfg.replay.mode} selection"
-                  + (", with reflective context distillation" if cfg.replay.reflect else "")
-                  + "), following Wang et al. 2026, \"Be Your Own Red Teamer\" (arXiv 2601.10589).")
+        second = (
+            f"The Defender's failures enter an experience pool and are replayed ({cfg.replay.mode} selection"
+            + (", with reflective context distillation" if cfg.replay.reflect else "")
+            + '), following Wang et al. 2026, "Be Your Own Red Teamer" (arXiv 2601.10589).'
+        )
     return f"{first} {second}"
 
 
-def model_card(cfg, checkpoint: Path, step: int, *, adapter: bool, license_id: str,
-               results: list[dict[str, Any]], eval_labels: list[str], name: str) -> str:
+def model_card(
+    cfg,
+    checkpoint: Path,
+    step: int,
+    *,
+    adapter: bool,
+    license_id: str,
+    results: list[dict[str, Any]],
+    eval_labels: list[str],
+    name: str,
+) -> str:
     from ssp.eval.results import compare_results, compare_table, markdown_table
 
     base = hub_base_model(cfg.model.name_or_path)
     from ssp.eval.benchmarks import BENCHMARKS
 
     evaluated = [s["benchmark"] for r in results for s in r.get("settings", {}).get("benchmarks", [])]
-    datasets = _hub_datasets([cfg.game.harmful_seeds, cfg.game.benign_seeds] + [b for b in evaluated if b in BENCHMARKS])
+    datasets = _hub_datasets(
+        [cfg.game.harmful_seeds, cfg.game.benign_seeds] + [b for b in evaluated if b in BENCHMARKS]
+    )
     meta: dict[str, Any] = {}
     if base:
         meta["base_model"] = base
-    meta.update({"library_name": "peft" if adapter else "transformers", "license": license_id,
-                 "pipeline_tag": "text-generation",
-                 "tags": ["ssp", "safety", "self-play", "red-teaming", "grpo"] + (["lora"] if adapter else [])})
+    meta.update(
+        {
+            "library_name": "peft" if adapter else "transformers",
+            "license": license_id,
+            "pipeline_tag": "text-generation",
+            "tags": ["ssp", "safety", "self-play", "red-teaming", "grpo"] + (["lora"] if adapter else []),
+        }
+    )
     if datasets:
         meta["datasets"] = datasets
     base_text = f"`{base}`" if base else f"`{cfg.model.name_or_path}` (not on the Hub)"
     if adapter:
-        load = ("```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
-                f"model = AutoPeftModelForCausalLM.from_pretrained(\"{name}\")\n"
-                f"tokenizer = AutoTokenizer.from_pretrained(\"{name}\")\n```")
+        load = (
+            "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{name}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{name}")\n```'
+        )
     else:
-        load = ("```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-                f"model = AutoModelForCausalLM.from_pretrained(\"{name}\")\n"
-                f"tokenizer = AutoTokenizer.from_pretrained(\"{name}\")\n"
-                "inputs = tokenizer.apply_chat_template([{\"role\": \"user\", \"content\": \"Hi!\"}], "
-                "add_generation_prompt=True, return_tensors=\"pt\", return_dict=True)\n"
-                "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0]))\n```")
-    what = "a LoRA adapter (peft)" if adapter else (
-        "the base model with the LoRA adapter merged in" if cfg.model.finetune == "lora" else "a fully fine-tuned model")
+        load = (
+            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'model = AutoModelForCausalLM.from_pretrained("{name}")\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{name}")\n'
+            'inputs = tokenizer.apply_chat_template([{"role": "user", "content": "Hi!"}], '
+            'add_generation_prompt=True, return_tensors="pt", return_dict=True)\n'
+            "print(tokenizer.decode(model.generate(**inputs, max_new_tokens=64)[0]))\n```"
+        )
+    what = (
+        "a LoRA adapter (peft)"
+        if adapter
+        else (
+            "the base model with the LoRA adapter merged in"
+            if cfg.model.finetune == "lora"
+            else "a fully fine-tuned model"
+        )
+    )
     lines = [
-        "---", yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
-        f"# {name}", "",
+        "---",
+        yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(),
+        "---",
+        "",
+        f"# {name}",
+        "",
         f"{what[0].upper() + what[1:]}, fine-tuned from {base_text} for {step} step(s) of Safety Self-Play "
-        f"(checkpoint `{checkpoint.name}`).", "",
-        "## Method", "", method_sentences(cfg), "",
-        "## Use", "", load, "",
+        f"(checkpoint `{checkpoint.name}`).",
+        "",
+        "## Method",
+        "",
+        method_sentences(cfg),
+        "",
+        "## Use",
+        "",
+        load,
+        "",
     ]
     if results:
         header, rows = compare_table(compare_results(results, eval_labels), eval_labels)
-        lines += ["## Evaluation", "",
-                  "Rates with Wilson 95% intervals (k/n); `*` marks each suite's headline metric (ASR: harmful-response "
-                  "attack success rate, lower is safer; refusal rate on benign suites: over-refusal). From `ssp eval`:", ""]
+        lines += [
+            "## Evaluation",
+            "",
+            "Rates with Wilson 95% intervals (k/n); `*` marks each suite's headline metric (ASR: harmful-response "
+            "attack success rate, lower is safer; refusal rate on benign suites: over-refusal). From `ssp eval`:",
+            "",
+        ]
         for label, r in zip(eval_labels, results):
             s = r.get("settings", {})
             model = (s.get("model") or {}).get("name_or_path", "?") + (f" + {s['adapter']}" if s.get("adapter") else "")
-            lines.append(f"- `{label}`: model {model}; judge `{(s.get('judge') or {}).get('name', '?')}`, "
-                         f"defense `{(s.get('defense') or {}).get('name', '?')}`, limit {s.get('limit')}, seed {s.get('seed')}")
+            lines.append(
+                f"- `{label}`: model {model}; judge `{(s.get('judge') or {}).get('name', '?')}`, "
+                f"defense `{(s.get('defense') or {}).get('name', '?')}`, limit {s.get('limit')}, seed {s.get('seed')}"
+            )
         lines += ["", markdown_table(header, rows)]
     seeds = f"harmful seeds `{cfg.game.harmful_seeds}`, benign seeds `{cfg.game.benign_seeds}`"
     lines += [
-        "## Training", "",
-        f"- fine-tuning: {cfg.model.finetune}" + (f" (LoRA r={cfg.model.lora.r}, alpha={cfg.model.lora.alpha})"
-                                                 if cfg.model.finetune == "lora" else ""),
+        "## Training",
+        "",
+        f"- fine-tuning: {cfg.model.finetune}"
+        + (f" (LoRA r={cfg.model.lora.r}, alpha={cfg.model.lora.alpha})" if cfg.model.finetune == "lora" else ""),
         f"- steps: {step}; learning rate {cfg.rl.learning_rate}; KL coefficient {cfg.rl.kl_coef}; seed {cfg.run.seed}",
         f"- data: {seeds} (`builtin`: the seed lists packaged with ssp)",
-        f"- judge: `{cfg.judge.name}`; replay: `{cfg.replay.mode}`", "",
-        "The full training config:", "",
-        "```yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip(), "```", "",
-        "## Limitations", "",
+        f"- judge: `{cfg.judge.name}`; replay: `{cfg.replay.mode}`",
+        "",
+        "The full training config:",
+        "",
+        "```yaml",
+        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip(),
+        "```",
+        "",
+        "## Limitations",
+        "",
         "Safety training lowers, and does not remove, the chance of harmful answers; the judge that produced the "
-        "rewards has its own errors. Evaluate on your own data before deployment.", "",
+        "rewards has its own errors. Evaluate on your own data before deployment.",
+        "",
     ]
     return "\n".join(lines)
 
 
-def export_run(run: Path, output: Path, *, merge: bool = False, eval_dirs: list[Path] | None = None,
-               license_id: str | None = None) -> dict[str, Any]:
+def export_run(
+    run: Path, output: Path, *, merge: bool = False, eval_dirs: list[Path] | None = None, license_id: str | None = None
+) -> dict[str, Any]:
     """Write the export folder; returns what was written (for the CLI's summary)."""
     from ssp.config import load_config
     from ssp.models.loader import load_policy
@@ -191,7 +250,9 @@ def export_run(run: Path, output: Path, *, merge: bool = False, eval_dirs: list[
         model.peft_config["default"].base_model_name_or_path = base  # not the local cache folder it was loaded from
     generation = getattr(model, "generation_config", None)
     if generation is not None:
-        generation.eos_token_id = generation.eos_token_id if generation.eos_token_id is not None else tokenizer.eos_token_id
+        generation.eos_token_id = (
+            generation.eos_token_id if generation.eos_token_id is not None else tokenizer.eos_token_id
+        )
         generation.pad_token_id = tokenizer.pad_token_id
     output.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output)
@@ -200,20 +261,36 @@ def export_run(run: Path, output: Path, *, merge: bool = False, eval_dirs: list[
     tokenizer.save_pretrained(output)
     labels = [d.resolve().name if d.is_dir() else d.resolve().parent.name for d in (eval_dirs or [])]
     license_id = license_id or KNOWN_LICENSES.get(cfg.model.name_or_path, "other")
-    card = model_card(cfg, checkpoint, step, adapter=adapter, license_id=license_id, results=results,
-                      eval_labels=labels, name=output.name)
+    card = model_card(
+        cfg,
+        checkpoint,
+        step,
+        adapter=adapter,
+        license_id=license_id,
+        results=results,
+        eval_labels=labels,
+        name=output.name,
+    )
     (output / "README.md").write_text(card, encoding="utf-8")
-    return {"checkpoint": str(checkpoint), "step": step, "output": str(output),
-            "format": "peft adapter" if adapter else "transformers model", "files": sorted(p.name for p in output.iterdir())}
+    return {
+        "checkpoint": str(checkpoint),
+        "step": step,
+        "output": str(output),
+        "format": "peft adapter" if adapter else "transformers model",
+        "files": sorted(p.name for p in output.iterdir()),
+    }
 
 
 def export(
     run: Path = typer.Argument(..., help="a training run folder (its latest checkpoint) or a checkpoint folder"),
     output: Path = typer.Option(..., "--output", "-o", help="folder to write (must be new or empty)"),
     merge: bool = typer.Option(False, "--merge", help="LoRA runs: merge the adapter into the base weights"),
-    eval_dirs: list[Path] = typer.Option(None, "--eval", help="`ssp eval` folder whose results go into the card (repeatable)"),
-    license_id: Optional[str] = typer.Option(None, "--license", help="licence id for the card (default: the base "
-                                             "model's where known, else 'other')"),
+    eval_dirs: list[Path] = typer.Option(
+        None, "--eval", help="`ssp eval` folder whose results go into the card (repeatable)"
+    ),
+    license_id: str | None = typer.Option(
+        None, "--license", help="licence id for the card (default: the base model's where known, else 'other')"
+    ),
 ) -> None:
     """Export a run as a standalone Hugging Face model folder (or peft adapter) with a model card."""
     try:
@@ -221,8 +298,11 @@ def export(
     except (ExportError, ValueError, FileNotFoundError) as e:
         fail(str(e))
         return
-    console.print(f"exported {escape(info['checkpoint'])} (step {info['step']}) as a {info['format']} to "
-                  f"[bold]{escape(info['output'])}[/]: {', '.join(info['files'])}", highlight=False)
+    console.print(
+        f"exported {escape(info['checkpoint'])} (step {info['step']}) as a {info['format']} to "
+        f"[bold]{escape(info['output'])}[/]: {', '.join(info['files'])}",
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:

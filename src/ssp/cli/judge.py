@@ -14,7 +14,7 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import typer
@@ -60,16 +60,22 @@ def _ci(ci: Any) -> str:
 
 def print_agreement(m: dict[str, Any], title: str) -> None:
     """The agreement table of `ssp.judges.metrics.agreement`/`refusal_metrics`, as plain text."""
-    print(f"  {title}: n {m['n']}, accuracy {_fmt(m['accuracy'])} {_ci(m['accuracy_ci'])}, "
-          f"Cohen's kappa {_fmt(m['kappa'])}")
+    print(
+        f"  {title}: n {m['n']}, accuracy {_fmt(m['accuracy'])} {_ci(m['accuracy_ci'])}, "
+        f"Cohen's kappa {_fmt(m['kappa'])}"
+    )
     print(f"    {'label':<12} {'support':>7} {'precision':>9} {'95% CI':>16} {'recall':>7} {'95% CI':>16} {'F1':>6}")
     for lab, r in m["per_label"].items():
-        print(f"    {lab:<12} {r['support']:>7} {r['precision']:>9.3f} {_ci(r['precision_ci']):>16} "
-              f"{r['recall']:>7.3f} {_ci(r['recall_ci']):>16} {r['f1']:>6.3f}")
+        print(
+            f"    {lab:<12} {r['support']:>7} {r['precision']:>9.3f} {_ci(r['precision_ci']):>16} "
+            f"{r['recall']:>7.3f} {_ci(r['recall_ci']):>16} {r['f1']:>6.3f}"
+        )
     cm = m["confusion_matrix"]
     labels = list(cm)
-    print("    confusion (rows: reference, columns: judge): " + ", ".join(
-        f"{t} -> " + " / ".join(f"{p} {cm[t].get(p, 0)}" for p in labels) for t in labels))
+    print(
+        "    confusion (rows: reference, columns: judge): "
+        + ", ".join(f"{t} -> " + " / ".join(f"{p} {cm[t].get(p, 0)}" for p in labels) for t in labels)
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -80,31 +86,44 @@ def register(app: typer.Typer) -> None:
     @judge_app.callback(invoke_without_command=True)
     def judge_cmd(
         ctx: typer.Context,
-        input: Optional[Path] = typer.Option(None, "--input", "-i",
-                                             help="CSV/TSV, JSONL/JSON or Parquet file of exchanges."),
-        judge: str = typer.Option("heuristic", "--judge", "-j",
-                                  help="Judge name: heuristic, learned, llama_guard, wildguard, harmbench_classifier, "
-                                       "openai_rubric, strongreject, ensemble, ..."),
-        compare: Optional[tuple[str, str]] = typer.Option(None, "--compare",
-                                                          help="Two judges A B: verdicts side by side, agreement and "
-                                                               "kappa; --output gets the disagreements."),
-        output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                              help="Output JSONL: input columns + verdict columns "
-                                                   "(--compare: the rows where the judges disagree)."),
+        input: Path | None = typer.Option(
+            None, "--input", "-i", help="CSV/TSV, JSONL/JSON or Parquet file of exchanges."
+        ),
+        judge: str = typer.Option(
+            "heuristic",
+            "--judge",
+            "-j",
+            help="Judge name: heuristic, learned, llama_guard, wildguard, harmbench_classifier, "
+            "openai_rubric, strongreject, ensemble, ...",
+        ),
+        compare: tuple[str, str] | None = typer.Option(
+            None,
+            "--compare",
+            help="Two judges A B: verdicts side by side, agreement and kappa; --output gets the disagreements.",
+        ),
+        output: Path | None = typer.Option(
+            None,
+            "--output",
+            "-o",
+            help="Output JSONL: input columns + verdict columns (--compare: the rows where the judges disagree).",
+        ),
         set_: list[str] = typer.Option([], "--set", "-s", help="Judge option key=value (YAML value); repeatable."),
-        options_file: Optional[Path] = typer.Option(None, "--options", help="YAML/JSON file of judge options."),
+        options_file: Path | None = typer.Option(None, "--options", help="YAML/JSON file of judge options."),
         prompt_col: str = typer.Option("prompt", "--prompt-col", help="Column holding what the Defender saw."),
         response_col: str = typer.Option("response", "--response-col", help="Column holding the answer."),
         goal_col: str = typer.Option("goal", "--goal-col", help="Column holding the goal (default: the prompt)."),
-        label_col: Optional[str] = typer.Option(None, "--label-col",
-                                                help="Human refusal label column: report accuracy, precision, "
-                                                     "recall, F1, kappa (Wilson intervals) and the confusion matrix."),
-        harm_col: Optional[str] = typer.Option(None, "--harm-col",
-                                               help="Human harmful-answer label column (0/1): the same report "
-                                                    "for 'harmful'."),
+        label_col: str | None = typer.Option(
+            None,
+            "--label-col",
+            help="Human refusal label column: report accuracy, precision, "
+            "recall, F1, kappa (Wilson intervals) and the confusion matrix.",
+        ),
+        harm_col: str | None = typer.Option(
+            None, "--harm-col", help="Human harmful-answer label column (0/1): the same report for 'harmful'."
+        ),
         batch_size: int = typer.Option(64, "--batch-size", min=1, help="Exchanges per judge call."),
-        limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
-        summary_json: Optional[Path] = typer.Option(None, "--summary-json", help="Also write the summary here."),
+        limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N rows."),
+        summary_json: Path | None = typer.Option(None, "--summary-json", help="Also write the summary here."),
     ) -> None:
         """Score exchanges with a judge and write verdicts (refused, harmful, score, valid, rationale)."""
         if ctx.invoked_subcommand is not None:
@@ -140,8 +159,9 @@ def register(app: typer.Typer) -> None:
             if label_col is not None:
                 metrics = [label_metrics(rows, label_col, str(input), out_rows) for out_rows, _ in results]
             if harm_col is not None:
-                harm_metrics = [label_metrics(rows, harm_col, str(input), out_rows, "harmful")
-                                for out_rows, _ in results]
+                harm_metrics = [
+                    label_metrics(rows, harm_col, str(input), out_rows, "harmful") for out_rows, _ in results
+                ]
         except TableError as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
@@ -156,40 +176,53 @@ def register(app: typer.Typer) -> None:
 
         print(f"judge {judge}: {summary.n} exchanges from {input} -> {output}")
         print(f"  valid {summary.valid}, invalid {summary.invalid}")
-        print(f"  refused {summary.refused} (refusal rate {_fmt(summary.refusal_rate)}), "
-              f"harmful {summary.harmful} (rate {_fmt(summary.harmful_rate)}), mean score {_fmt(summary.mean_score)}")
+        print(
+            f"  refused {summary.refused} (refusal rate {_fmt(summary.refusal_rate)}), "
+            f"harmful {summary.harmful} (rate {_fmt(summary.harmful_rate)}), mean score {_fmt(summary.mean_score)}"
+        )
         for reason, count in summary.invalid_reasons.items():
             print(f"  invalid: {count} x {reason}")
         if summary.metrics is not None:
-            print_agreement(summary.metrics, f"'refused' vs {label_col!r} ({summary.metrics['excluded_invalid']} "
-                                             "invalid excluded)")
+            print_agreement(
+                summary.metrics, f"'refused' vs {label_col!r} ({summary.metrics['excluded_invalid']} invalid excluded)"
+            )
         if harm_metrics:
-            print_agreement(harm_metrics[0], f"'harmful' vs {harm_col!r} ({harm_metrics[0]['excluded_invalid']} "
-                                             "invalid excluded)")
+            print_agreement(
+                harm_metrics[0], f"'harmful' vs {harm_col!r} ({harm_metrics[0]['excluded_invalid']} invalid excluded)"
+            )
         if summary_json is not None:
             summary_json.parent.mkdir(parents=True, exist_ok=True)
             extra = {"harm_metrics": harm_metrics[0]} if harm_metrics else {}
-            summary_json.write_text(json.dumps({"judge": judge, "input": str(input), **summary.to_dict(), **extra},
-                                               indent=2, default=str))
+            summary_json.write_text(
+                json.dumps({"judge": judge, "input": str(input), **summary.to_dict(), **extra}, indent=2, default=str)
+            )
 
     @judge_app.command("fit")
     def fit_cmd(
         input: list[Path] = typer.Option(..., "--input", "-i", help="Labelled training table(s); repeatable."),
-        output: Path = typer.Option(..., "--output", "-o", help="Model stem: writes STEM.safetensors + STEM.json "
-                                                                "(+ STEM-reliability.png with --eval)."),
+        output: Path = typer.Option(
+            ...,
+            "--output",
+            "-o",
+            help="Model stem: writes STEM.safetensors + STEM.json (+ STEM-reliability.png with --eval).",
+        ),
         label_col: str = typer.Option(..., "--label-col", help="Human refusal label column (as for `ssp judge`)."),
-        harm_col: Optional[str] = typer.Option(None, "--harm-col", help="0/1 harmful-answer label column."),
-        unsafe_col: Optional[str] = typer.Option(None, "--unsafe-col",
-                                                 help="Without --harm-col: harmful = answered (by --label-col) and "
-                                                      "this column matches --unsafe-match (XSTest: type)."),
+        harm_col: str | None = typer.Option(None, "--harm-col", help="0/1 harmful-answer label column."),
+        unsafe_col: str | None = typer.Option(
+            None,
+            "--unsafe-col",
+            help="Without --harm-col: harmful = answered (by --label-col) and "
+            "this column matches --unsafe-match (XSTest: type).",
+        ),
         unsafe_match: str = typer.Option("^contrast_", "--unsafe-match", help="Regex for --unsafe-col."),
         eval_: list[Path] = typer.Option([], "--eval", help="Held-out labelled table(s): metrics and calibration."),
         prompt_col: str = typer.Option("prompt", "--prompt-col"),
         response_col: str = typer.Option("response", "--response-col"),
         goal_col: str = typer.Option("goal", "--goal-col"),
         l2: float = typer.Option(0.1, "--l2", min=0.0, help="L2 penalty on the standardised weights."),
-        plot: Optional[Path] = typer.Option(None, "--plot", help="Reliability diagram PNG (with --eval; default "
-                                                                 "STEM-reliability.png)."),
+        plot: Path | None = typer.Option(
+            None, "--plot", help="Reliability diagram PNG (with --eval; default STEM-reliability.png)."
+        ),
     ) -> None:
         """Train the `learned` judge (logistic heads over MiniLM embeddings + refusal signals)."""
         from rich.console import Console
@@ -201,20 +234,31 @@ def register(app: typer.Typer) -> None:
         try:
             if harm_col is None and unsafe_col is None:
                 raise TableError("give --harm-col, or --unsafe-col (harmful = answered an unsafe prompt)")
-            spec = dict(label_col=label_col, harm_col=harm_col, unsafe_col=unsafe_col, unsafe_match=unsafe_match,
-                        prompt_col=prompt_col, response_col=response_col, goal_col=goal_col)
+            spec = dict(
+                label_col=label_col,
+                harm_col=harm_col,
+                unsafe_col=unsafe_col,
+                unsafe_match=unsafe_match,
+                prompt_col=prompt_col,
+                response_col=response_col,
+                goal_col=goal_col,
+            )
             meta = fit_and_report(input, eval_, output, spec, l2, plot)
         except (TableError, ValueError, re.error) as exc:
             console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
-        print(f"learned judge: trained on {meta['rows']} rows of {', '.join(meta['train_files'])} -> {output}"
-              ".safetensors / .json")
+        print(
+            f"learned judge: trained on {meta['rows']} rows of {', '.join(meta['train_files'])} -> {output}"
+            ".safetensors / .json"
+        )
         for name, res in meta.get("held_out", {}).items():
             print(f"  held-out {name}:")
             print_agreement(res["refused"], "refused")
             print_agreement(res["harmful"], "harmful")
-            print(f"    ECE refused {res['calibration']['refused']['ece']:.3f}, "
-                  f"harmful {res['calibration']['harmful']['ece']:.3f}")
+            print(
+                f"    ECE refused {res['calibration']['refused']['ece']:.3f}, "
+                f"harmful {res['calibration']['harmful']['ece']:.3f}"
+            )
 
 
 def _judge_table(j: Any, rows: list[dict[str, Any]], inputs: list[Any], batch_size: int, console: Any) -> Any:
@@ -223,14 +267,29 @@ def _judge_table(j: Any, rows: list[dict[str, Any]], inputs: list[Any], batch_si
     from ssp.judges.table import judge_rows
 
     show = len(inputs) > batch_size
-    with Progress(TextColumn(f"judging ({j.name})"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=console, disable=not show, transient=True) as progress:
+    with Progress(
+        TextColumn(f"judging ({j.name})"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not show,
+        transient=True,
+    ) as progress:
         task = progress.add_task("judge", total=len(inputs))
         return judge_rows(j, rows, inputs, batch_size, on_batch=lambda k: progress.advance(task, k))
 
 
-def _report_compare(names: list[str], rows: list[dict[str, Any]], results: list[Any], metrics: list[dict[str, Any]],
-                    harm_metrics: list[dict[str, Any]], input: Path, output: Path, summary_json: Path | None) -> None:
+def _report_compare(
+    names: list[str],
+    rows: list[dict[str, Any]],
+    results: list[Any],
+    metrics: list[dict[str, Any]],
+    harm_metrics: list[dict[str, Any]],
+    input: Path,
+    output: Path,
+    summary_json: Path | None,
+) -> None:
     """Agreement of two judges on refused and harmful; the rows where they differ go to `output`."""
     from ssp.judges.metrics import agreement
     from ssp.judges.table import write_jsonl
@@ -252,8 +311,13 @@ def _report_compare(names: list[str], rows: list[dict[str, Any]], results: list[
     disagree = []
     for row, ra, rb in zip(rows, rows_a, rows_b):
         if (ra["refused"], ra["harmful"], ra["valid"]) != (rb["refused"], rb["harmful"], rb["valid"]):
-            disagree.append({**row, **{f"{names[0]}.{k}": ra[k] for k in VERDICT_KEYS},
-                             **{f"{names[1]}.{k}": rb[k] for k in VERDICT_KEYS}})
+            disagree.append(
+                {
+                    **row,
+                    **{f"{names[0]}.{k}": ra[k] for k in VERDICT_KEYS},
+                    **{f"{names[1]}.{k}": rb[k] for k in VERDICT_KEYS},
+                }
+            )
     write_jsonl(output, disagree)
     report["disagreements"] = len(disagree)
     print(f"  {len(disagree)} disagreements -> {output}")
@@ -280,8 +344,11 @@ def _labelled(path: Path, spec: dict[str, Any]) -> tuple[list[Any], np.ndarray, 
                 raise TableError(f"{path}: row {i + 1}: column {col!r} not found; columns: {', '.join(r)}")
         try:
             ref = label_to_refused(r[spec["label_col"]])
-            harm = (label_to_refused(r[spec["harm_col"]]) if spec["harm_col"]
-                    else (not ref) and bool(pattern.search(str(r[spec["unsafe_col"]]))))
+            harm = (
+                label_to_refused(r[spec["harm_col"]])
+                if spec["harm_col"]
+                else (not ref) and bool(pattern.search(str(r[spec["unsafe_col"]])))
+            )
         except ValueError as exc:
             raise TableError(f"{path}: row {i + 1}: {exc}") from None
         refused.append(ref)
@@ -289,8 +356,14 @@ def _labelled(path: Path, spec: dict[str, Any]) -> tuple[list[Any], np.ndarray, 
     return inputs, np.array(refused), np.array(harmful)
 
 
-def fit_and_report(train: list[Path], held_out: list[Path], output: Path, spec: dict[str, Any],
-                   l2: float = 0.1, plot: Path | None = None) -> dict[str, Any]:
+def fit_and_report(
+    train: list[Path],
+    held_out: list[Path],
+    output: Path,
+    spec: dict[str, Any],
+    l2: float = 0.1,
+    plot: Path | None = None,
+) -> dict[str, Any]:
     """Train the learned judge on `train`, measure it on each `held_out` table, save the artefact."""
     from ssp.judges.embedder import TextEmbedder
     from ssp.judges.learned import calibration, features, file_sha256, fit_learned, pattern_files_for, reliability_plot
@@ -306,29 +379,40 @@ def fit_and_report(train: list[Path], held_out: list[Path], output: Path, spec: 
         hs.append(h)
     x, refused, harmful = np.vstack(xs), np.concatenate(rs), np.concatenate(hs)
     meta: dict[str, Any] = {
-        "train_files": [p.name for p in train], "train_sha256": {p.name: file_sha256(p) for p in train},
-        "rows": int(len(x)), "label_spec": spec, "pattern_files": patterns,
+        "train_files": [p.name for p in train],
+        "train_sha256": {p.name: file_sha256(p) for p in train},
+        "rows": int(len(x)),
+        "label_spec": spec,
+        "pattern_files": patterns,
         "positives": {"refused": int(refused.sum()), "harmful": int(harmful.sum())},
     }
     model = fit_learned(x, refused, harmful, meta, l2)
     p_r, p_h = model.probabilities(x)
-    model.meta["in_sample"] = {"refused": refusal_metrics(refused.tolist(), (p_r >= 0.5).tolist()),
-                               "harmful": refusal_metrics(harmful.tolist(), (p_h >= 0.5).tolist(), HARM_NAMES)}
+    model.meta["in_sample"] = {
+        "refused": refusal_metrics(refused.tolist(), (p_r >= 0.5).tolist()),
+        "harmful": refusal_metrics(harmful.tolist(), (p_h >= 0.5).tolist(), HARM_NAMES),
+    }
     curves: dict[str, Any] = {}
     held: dict[str, Any] = {}
     for path in held_out:
         inputs, r, h = _labelled(path, spec)
         q_r, q_h = model.probabilities(features(inputs, embedder, patterns))
         cal = {"refused": calibration(q_r, r), "harmful": calibration(q_h, h)}
-        held[path.name] = {"sha256": file_sha256(path), "calibration": cal,
-                           "refused": refusal_metrics(r.tolist(), (q_r >= 0.5).tolist()),
-                           "harmful": refusal_metrics(h.tolist(), (q_h >= 0.5).tolist(), HARM_NAMES)}
+        held[path.name] = {
+            "sha256": file_sha256(path),
+            "calibration": cal,
+            "refused": refusal_metrics(r.tolist(), (q_r >= 0.5).tolist()),
+            "harmful": refusal_metrics(h.tolist(), (q_h >= 0.5).tolist(), HARM_NAMES),
+        }
         curves[f"refused on {path.stem}"] = cal["refused"]
         curves[f"harmful on {path.stem}"] = cal["harmful"]
     if held:
         model.meta["held_out"] = held
-        plot = reliability_plot(curves, plot or output.with_name(output.name + "-reliability.png"),
-                                f"learned judge trained on {', '.join(p.stem for p in train)}")
+        plot = reliability_plot(
+            curves,
+            plot or output.with_name(output.name + "-reliability.png"),
+            f"learned judge trained on {', '.join(p.stem for p in train)}",
+        )
         model.meta["reliability_plot"] = str(plot)
     model.save(output)
     return model.meta

@@ -20,7 +20,7 @@ def show(
     width: int = typer.Option(70, help="characters of each text shown"),
 ) -> None:
     """List the top entries by UCB score with their statistics."""
-    from ssp.config import load_yaml, ReplayConfig
+    from ssp.config import ReplayConfig, load_yaml
     from ssp.replay.pool import ExperiencePool
 
     path = run / "pool.sqlite"
@@ -35,9 +35,17 @@ def show(
         table.add_column(col, overflow="fold")
     for e in entries:
         d = e.to_dict()
-        table.add_row(str(d["id"]), f"{d['ucb']:.3f}", f"{d['mean_reward']:.3f}", str(d["n_replays"]),
-                      f"{d['score']:.2f}", str(d["first_step"]), d["goal"][:width], d["attack"][:width],
-                      d["rationale"][:width])
+        table.add_row(
+            str(d["id"]),
+            f"{d['ucb']:.3f}",
+            f"{d['mean_reward']:.3f}",
+            str(d["n_replays"]),
+            f"{d['score']:.2f}",
+            str(d["first_step"]),
+            d["goal"][:width],
+            d["attack"][:width],
+            d["rationale"][:width],
+        )
     Console().print(table)
 
 

@@ -52,8 +52,11 @@ def export_attacks(
     except FileNotFoundError as e:
         fail(str(e))
     console.print_json(json.dumps(stats))
-    console.print(f"{stats['attacks']} attack(s) written to [bold]{escape(str(output))}[/]; statistics in "
-                  f"{escape(str(output.with_name(output.stem + '.stats.json')))}", highlight=False)
+    console.print(
+        f"{stats['attacks']} attack(s) written to [bold]{escape(str(output))}[/]; statistics in "
+        f"{escape(str(output.with_name(output.stem + '.stats.json')))}",
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -34,7 +34,7 @@ def train(
         fail(str(e))
     except KeyboardInterrupt:
         console.print(f"[yellow]interrupted[/]; resume with: ssp train --output {escape(str(output))} --resume")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     console.print_json(json.dumps(summary))
     summary_path = Path(output) / "summary.json"
     console.print(f"run folder: [bold]{escape(str(output))}[/]  summary: [bold]{escape(str(summary_path))}[/]")

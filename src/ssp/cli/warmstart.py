@@ -33,14 +33,17 @@ def warmstart(
         fail(str(e))
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]; nothing was saved: run the command again")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     shown = {k: summary[k] for k in ("seeds", "tries", "kept", "acceptance_rate", "time_s")}
     shown["refusal_diversity"] = {k: v for k, v in summary["refusal_diversity"].items() if k != "top_openings"}
     shown["sft_loss"] = [summary["sft"]["first_loss"], summary["sft"]["last_loss"]]
     console.print_json(json.dumps(shown))
-    console.print(f"checkpoint: [bold]{escape(summary['checkpoint'])}[/]  metrics: "
-                  f"[bold]{escape(str(Path(output) / WARMSTART_FILE))}[/]\nself-play from it: ssp train -c CONFIG "
-                  f"-o RUN --set model.init_from={escape(str(output))}", highlight=False)
+    console.print(
+        f"checkpoint: [bold]{escape(summary['checkpoint'])}[/]  metrics: "
+        f"[bold]{escape(str(Path(output) / WARMSTART_FILE))}[/]\nself-play from it: ssp train -c CONFIG "
+        f"-o RUN --set model.init_from={escape(str(output))}",
+        highlight=False,
+    )
 
 
 def register(app: typer.Typer) -> None:

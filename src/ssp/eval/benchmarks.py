@@ -64,8 +64,15 @@ class Suite:
     n_total: int  # items in the source before --limit
 
     def describe(self) -> dict[str, Any]:
-        return {"suite": self.name, "benchmark": self.benchmark, "split": self.split, "kind": self.kind,
-                "source": self.source, "n_total": self.n_total, "n_used": len(self.items)}
+        return {
+            "suite": self.name,
+            "benchmark": self.benchmark,
+            "split": self.split,
+            "kind": self.kind,
+            "source": self.source,
+            "n_total": self.n_total,
+            "n_used": len(self.items),
+        }
 
 
 @dataclass(frozen=True)
@@ -126,38 +133,67 @@ BENCHMARKS: dict[str, BenchmarkDef] = {
     d.name: d
     for d in [
         BenchmarkDef(
-            "harmbench", "HarmBench text behaviours (Mazeika et al. 2024)", "walledai/HarmBench",
-            {"standard": SplitDef("harmful", "standard", "train", keep=_harmbench_filter("standard")),
-             "contextual": SplitDef("harmful", "contextual", "train", keep=_harmbench_filter("contextual")),
-             "copyright": SplitDef("harmful", "copyright", "train", keep=_harmbench_filter("copyright"))},
-            ("standard",), "https://github.com/centerforaisafety/HarmBench",
+            "harmbench",
+            "HarmBench text behaviours (Mazeika et al. 2024)",
+            "walledai/HarmBench",
+            {
+                "standard": SplitDef("harmful", "standard", "train", keep=_harmbench_filter("standard")),
+                "contextual": SplitDef("harmful", "contextual", "train", keep=_harmbench_filter("contextual")),
+                "copyright": SplitDef("harmful", "copyright", "train", keep=_harmbench_filter("copyright")),
+            },
+            ("standard",),
+            "https://github.com/centerforaisafety/HarmBench",
         ),
         BenchmarkDef(
-            "advbench", "AdvBench harmful behaviours (Zou et al. 2023)", "walledai/AdvBench",
-            {"all": SplitDef("harmful", None, "train")}, ("all",), "https://github.com/llm-attacks/llm-attacks",
+            "advbench",
+            "AdvBench harmful behaviours (Zou et al. 2023)",
+            "walledai/AdvBench",
+            {"all": SplitDef("harmful", None, "train")},
+            ("all",),
+            "https://github.com/llm-attacks/llm-attacks",
         ),
         BenchmarkDef(
-            "strongreject", "StrongREJECT forbidden prompts (Souly et al. 2024)", "walledai/StrongREJECT",
-            {"all": SplitDef("harmful", None, "train")}, ("all",), "https://github.com/alexandrasouly/strongreject",
+            "strongreject",
+            "StrongREJECT forbidden prompts (Souly et al. 2024)",
+            "walledai/StrongREJECT",
+            {"all": SplitDef("harmful", None, "train")},
+            ("all",),
+            "https://github.com/alexandrasouly/strongreject",
         ),
         BenchmarkDef(
-            "jbb", "JailbreakBench JBB-Behaviors (Chao et al. 2024)", "JailbreakBench/JBB-Behaviors",
-            {"harmful": SplitDef("harmful", "behaviors", "harmful", "harmful-behaviors.csv"),
-             "benign": SplitDef("benign", "behaviors", "benign", "benign-behaviors.csv")},
-            ("harmful", "benign"), "https://jailbreakbench.github.io",
-            prompt_columns=("goal", "prompt", "behavior"), category_columns=("category",),
+            "jbb",
+            "JailbreakBench JBB-Behaviors (Chao et al. 2024)",
+            "JailbreakBench/JBB-Behaviors",
+            {
+                "harmful": SplitDef("harmful", "behaviors", "harmful", "harmful-behaviors.csv"),
+                "benign": SplitDef("benign", "behaviors", "benign", "benign-behaviors.csv"),
+            },
+            ("harmful", "benign"),
+            "https://jailbreakbench.github.io",
+            prompt_columns=("goal", "prompt", "behavior"),
+            category_columns=("category",),
         ),
         BenchmarkDef(
-            "xstest", "XSTest v2 (Röttger et al. 2024)", "walledai/XSTest",
-            {"safe": SplitDef("benign", None, "test", keep=_label_filter("safe")),
-             "unsafe": SplitDef("harmful", None, "test", keep=_label_filter("unsafe"))},
-            ("safe", "unsafe"), "https://github.com/paul-rottger/exaggerated-safety",
+            "xstest",
+            "XSTest v2 (Röttger et al. 2024)",
+            "walledai/XSTest",
+            {
+                "safe": SplitDef("benign", None, "test", keep=_label_filter("safe")),
+                "unsafe": SplitDef("harmful", None, "test", keep=_label_filter("unsafe")),
+            },
+            ("safe", "unsafe"),
+            "https://github.com/paul-rottger/exaggerated-safety",
         ),
         BenchmarkDef(
-            "orbench", "OR-Bench (Cui et al. 2024)", "bench-llm/or-bench",
-            {"hard": SplitDef("benign", "or-bench-hard-1k", "train", "or-bench-hard-1k.csv"),
-             "toxic": SplitDef("harmful", "or-bench-toxic", "train", "or-bench-toxic.csv")},
-            ("hard", "toxic"), "https://huggingface.co/datasets/bench-llm/or-bench",
+            "orbench",
+            "OR-Bench (Cui et al. 2024)",
+            "bench-llm/or-bench",
+            {
+                "hard": SplitDef("benign", "or-bench-hard-1k", "train", "or-bench-hard-1k.csv"),
+                "toxic": SplitDef("harmful", "or-bench-toxic", "train", "or-bench-toxic.csv"),
+            },
+            ("hard", "toxic"),
+            "https://huggingface.co/datasets/bench-llm/or-bench",
         ),
     ]
 }
@@ -176,22 +212,25 @@ GENERIC_OPTIONS = {
 
 
 BenchmarkLoader = Callable[["BenchmarkSpec"], list["Suite"]]
-_PLUGINS: dict[str, "BenchmarkDef | BenchmarkLoader"] = {}
+_PLUGINS: dict[str, BenchmarkDef | BenchmarkLoader] = {}
 
 
-def plugin_benchmark(name: str) -> "BenchmarkDef | BenchmarkLoader | None":
+def plugin_benchmark(name: str) -> BenchmarkDef | BenchmarkLoader | None:
     """An installed plugin's benchmark (entry-point group `ssp.benchmarks`): a `BenchmarkDef`, loaded by the
     machinery below (Hugging Face id, local files, splits), or a loader `f(spec: BenchmarkSpec) -> list[Suite]`."""
     if name in BENCHMARKS or name == GENERIC:
         return None
     if name not in _PLUGINS:
-        from ssp.plugins import BENCHMARKS as GROUP, load_plugin
+        from ssp.plugins import BENCHMARKS as GROUP
+        from ssp.plugins import load_plugin
 
         obj = load_plugin(GROUP, name)
         if obj is None:
             return None
         if isinstance(obj, BenchmarkDef) and obj.name != name:
-            raise BenchmarkError(f"benchmark plugin {name!r} declares a BenchmarkDef named {obj.name!r}; the names must match")
+            raise BenchmarkError(
+                f"benchmark plugin {name!r} declares a BenchmarkDef named {obj.name!r}; the names must match"
+            )
         if not isinstance(obj, BenchmarkDef) and not callable(obj):
             raise BenchmarkError(f"benchmark plugin {name!r} is a {type(obj).__name__}, not a BenchmarkDef or a loader")
         _PLUGINS[name] = obj
@@ -228,10 +267,13 @@ def parse_benchmark_spec(text: str, options: dict[str, dict[str, str]] | None = 
     source = m.group("source")
     plugin = plugin_benchmark(name)
     if name != GENERIC and name not in BENCHMARKS and plugin is None:
-        from ssp.plugins import BENCHMARKS as GROUP, plugin_names
+        from ssp.plugins import BENCHMARKS as GROUP
+        from ssp.plugins import plugin_names
 
-        raise BenchmarkError(f"--benchmark {text!r}: unknown benchmark {name!r}; known: "
-                             f"{', '.join([*BENCHMARKS, GENERIC, *plugin_names(GROUP)])}")
+        raise BenchmarkError(
+            f"--benchmark {text!r}: unknown benchmark {name!r}; known: "
+            f"{', '.join([*BENCHMARKS, GENERIC, *plugin_names(GROUP)])}"
+        )
     if plugin is not None and not isinstance(plugin, BenchmarkDef):  # a loader reads its own splits and options
         return BenchmarkSpec(name, splits, source, dict((options or {}).get(name, {})))
     if name == GENERIC:
@@ -287,24 +329,36 @@ def load_hf_rows(dataset_id: str, config: str | None, split: str, revision: str 
     except Exception as e:  # noqa: BLE001 - network, auth, missing config: all reported the same way
         raise BenchmarkError(
             f"could not load Hugging Face dataset {dataset_id!r} (config {config!r}, split {split!r}): "
-            f"{type(e).__name__}: {e}. Offline? Pass a local file: NAME=PATH") from None
+            f"{type(e).__name__}: {e}. Offline? Pass a local file: NAME=PATH"
+        ) from None
     return [dict(r) for r in ds]
 
 
 # ------------------------------------------------------------------------------------------ loading
 
 
-def _make_items(rows: list[dict[str, Any]], suite: str, benchmark: str, split: str, kind: Kind,
-                prompt_cols: tuple[str, ...], category_cols: tuple[str, ...], source: str,
-                goal_cols: tuple[str, ...] = (), id_cols: tuple[str, ...] = ID_COLUMNS,
-                context_cols: tuple[str, ...] = CONTEXT_COLUMNS) -> list[BenchmarkItem]:
+def _make_items(
+    rows: list[dict[str, Any]],
+    suite: str,
+    benchmark: str,
+    split: str,
+    kind: Kind,
+    prompt_cols: tuple[str, ...],
+    category_cols: tuple[str, ...],
+    source: str,
+    goal_cols: tuple[str, ...] = (),
+    id_cols: tuple[str, ...] = ID_COLUMNS,
+    context_cols: tuple[str, ...] = CONTEXT_COLUMNS,
+) -> list[BenchmarkItem]:
     items: list[BenchmarkItem] = []
     seen: dict[str, int] = {}
     if rows:
         available = {str(k).lower() for r in rows[:50] for k in r}
         if not any(c.lower() in available for c in prompt_cols):
-            raise BenchmarkError(f"{source}: no prompt column among {sorted(available)}; expected one of "
-                                 f"{list(prompt_cols)} (generic benchmarks: --benchmark-option LABEL.prompt=COLUMN)")
+            raise BenchmarkError(
+                f"{source}: no prompt column among {sorted(available)}; expected one of "
+                f"{list(prompt_cols)} (generic benchmarks: --benchmark-option LABEL.prompt=COLUMN)"
+            )
     for index, row in enumerate(rows):
         prompt = _col(row, prompt_cols)
         if prompt is None:
@@ -322,8 +376,19 @@ def _make_items(rows: list[dict[str, Any]], suite: str, benchmark: str, split: s
         else:
             seen[item_id] = 0
         category = str(_col(row, category_cols) or "").strip() if category_cols else ""
-        items.append(BenchmarkItem(item_id, suite, benchmark, split, kind, text, goal, category,
-                                   {"row": index, **({"context": True} if context else {})}))
+        items.append(
+            BenchmarkItem(
+                item_id,
+                suite,
+                benchmark,
+                split,
+                kind,
+                text,
+                goal,
+                category,
+                {"row": index, **({"context": True} if context else {})},
+            )
+        )
     return items
 
 
@@ -345,16 +410,18 @@ def load_suites(spec: BenchmarkSpec) -> list[Suite]:
         rows, where = _rows_for(spec, bdef, split, sdef, several=len(split_names) > 1)
         if sdef.keep is not None:
             rows = [r for r in rows if sdef.keep(r)]
-        items = _make_items(rows, suite_name, spec.name, split, sdef.kind, bdef.prompt_columns,
-                            bdef.category_columns, where)
+        items = _make_items(
+            rows, suite_name, spec.name, split, sdef.kind, bdef.prompt_columns, bdef.category_columns, where
+        )
         if not items:
             raise BenchmarkError(f"{where}: no items for {suite_name}")
         suites.append(Suite(suite_name, spec.name, split, sdef.kind, where, items, len(items)))
     return suites
 
 
-def _rows_for(spec: BenchmarkSpec, bdef: BenchmarkDef, split: str, sdef: SplitDef,
-              several: bool) -> tuple[list[dict[str, Any]], str]:
+def _rows_for(
+    spec: BenchmarkSpec, bdef: BenchmarkDef, split: str, sdef: SplitDef, several: bool
+) -> tuple[list[dict[str, Any]], str]:
     source = spec.source
     if source is None or not is_local_source(source):
         dataset_id = source[3:] if source and source.startswith("hf:") else (source or bdef.hf_id)
@@ -372,7 +439,8 @@ def _rows_for(spec: BenchmarkSpec, bdef: BenchmarkDef, split: str, sdef: SplitDe
         raise BenchmarkError(
             f"{bdef.name}: {path} is one file but splits {'+'.join(bdef.default_splits)} are stored in separate "
             f"files ({', '.join(s.local_file or '' for s in bdef.splits.values())}); name the split "
-            f"({bdef.name}:{split}=FILE) or pass the folder")
+            f"({bdef.name}:{split}=FILE) or pass the folder"
+        )
     return read_local_rows(path), str(path)
 
 
@@ -390,11 +458,19 @@ def _load_generic(spec: BenchmarkSpec) -> Suite:
         where = f"hf:{dataset_id}" + (f"[{o['config']}]" if o.get("config") else "") + f":{split}"
     kind: Kind = o.get("kind", "harmful")  # type: ignore[assignment]
     prompt_cols = (o["prompt"],) if "prompt" in o else PROMPT_COLUMNS
-    items = _make_items(rows, label, GENERIC, label, kind, prompt_cols,
-                        (o["category"],) if "category" in o else CATEGORY_COLUMNS, where,
-                        goal_cols=(o["goal"],) if "goal" in o else (),
-                        id_cols=(o["id"],) if "id" in o else ID_COLUMNS,
-                        context_cols=(o["context"],) if "context" in o else ())
+    items = _make_items(
+        rows,
+        label,
+        GENERIC,
+        label,
+        kind,
+        prompt_cols,
+        (o["category"],) if "category" in o else CATEGORY_COLUMNS,
+        where,
+        goal_cols=(o["goal"],) if "goal" in o else (),
+        id_cols=(o["id"],) if "id" in o else ID_COLUMNS,
+        context_cols=(o["context"],) if "context" in o else (),
+    )
     if not items:
         raise BenchmarkError(f"{where}: no items")
     return Suite(label, GENERIC, label, kind, where, items, len(items))
@@ -408,8 +484,15 @@ def limit_suite(suite: Suite, limit: int | None, seed: int = 0) -> Suite:
     order = list(range(len(suite.items)))
     random.Random(f"{seed}:{suite.name}").shuffle(order)
     chosen = sorted(order[:limit])
-    return Suite(suite.name, suite.benchmark, suite.split, suite.kind, suite.source,
-                 [suite.items[i] for i in chosen], suite.n_total)
+    return Suite(
+        suite.name,
+        suite.benchmark,
+        suite.split,
+        suite.kind,
+        suite.source,
+        [suite.items[i] for i in chosen],
+        suite.n_total,
+    )
 
 
 def load_benchmarks(specs: list[BenchmarkSpec], limit: int | None = None, seed: int = 0) -> list[Suite]:
@@ -425,18 +508,40 @@ def load_benchmarks(specs: list[BenchmarkSpec], limit: int | None = None, seed: 
 def describe_benchmarks() -> list[dict[str, Any]]:
     """For `ssp eval --list-benchmarks` and the docs."""
     out: list[dict[str, Any]] = []
-    from ssp.plugins import BENCHMARKS as GROUP, plugin_names
+    from ssp.plugins import BENCHMARKS as GROUP
+    from ssp.plugins import plugin_names
 
     for name in [*BENCHMARKS, *(n for n in plugin_names(GROUP) if n not in BENCHMARKS and n != GENERIC)]:
         d = _definition(name)
         if d is None:
             doc = (plugin_benchmark(name).__doc__ or "").strip().splitlines()
-            out.append({"name": name, "title": f"plugin loader: {doc[0] if doc else ''}", "hf_id": None, "splits": {},
-                        "default": []})
+            out.append(
+                {
+                    "name": name,
+                    "title": f"plugin loader: {doc[0] if doc else ''}",
+                    "hf_id": None,
+                    "splits": {},
+                    "default": [],
+                }
+            )
             continue
-        out.append({"name": d.name, "title": d.title, "hf_id": d.hf_id,
-                    "splits": {k: v.kind for k, v in d.splits.items()}, "default": list(d.default_splits)})
-    out.append({"name": GENERIC, "title": "any CSV/TSV/JSONL/JSON/Parquet file or HF dataset; "
-                "columns via --benchmark-option LABEL.KEY=VALUE", "hf_id": None,
-                "splits": {"LABEL": "harmful|benign"}, "default": []})
+        out.append(
+            {
+                "name": d.name,
+                "title": d.title,
+                "hf_id": d.hf_id,
+                "splits": {k: v.kind for k, v in d.splits.items()},
+                "default": list(d.default_splits),
+            }
+        )
+    out.append(
+        {
+            "name": GENERIC,
+            "title": "any CSV/TSV/JSONL/JSON/Parquet file or HF dataset; "
+            "columns via --benchmark-option LABEL.KEY=VALUE",
+            "hf_id": None,
+            "splits": {"LABEL": "harmful|benign"},
+            "default": [],
+        }
+    )
     return out

@@ -36,16 +36,36 @@ class _Corpus:
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
 
-    def add(self, goal: str, attack: str, *, source: str, step: int | None, score: float | None, response: str,
-            rationale: str = "", category: str = "", **extra: Any) -> None:
+    def add(
+        self,
+        goal: str,
+        attack: str,
+        *,
+        source: str,
+        step: int | None,
+        score: float | None,
+        response: str,
+        rationale: str = "",
+        category: str = "",
+        **extra: Any,
+    ) -> None:
         if not attack or not attack.strip():
             return
         key = _hash(goal, attack)
         row = self.rows.get(key)
         if row is None:
-            self.rows[key] = {"goal": goal, "attack": attack, "category": category, "step": step, "score": score,
-                              "response_excerpt": (response or "")[:EXCERPT_CHARS], "rationale": rationale,
-                              "sources": [source], "times_seen": 1, **extra}
+            self.rows[key] = {
+                "goal": goal,
+                "attack": attack,
+                "category": category,
+                "step": step,
+                "score": score,
+                "response_excerpt": (response or "")[:EXCERPT_CHARS],
+                "rationale": rationale,
+                "sources": [source],
+                "times_seen": 1,
+                **extra,
+            }
             return
         row["times_seen"] += 1
         if source not in row["sources"]:
@@ -76,19 +96,35 @@ def collect_attacks(folder: str | Path, include_direct: bool = False) -> list[di
             log.warning("%s; exporting from exchanges.jsonl only", e)
             entries = []
         for entry in entries:
-            corpus.add(entry["goal"], entry["attack"], source="pool", step=entry.get("first_step"),
-                       score=entry.get("score"), response=(entry.get("responses") or [""])[0],
-                       rationale=entry.get("rationale", ""), pool_id=entry.get("id"),
-                       n_replays=entry.get("n_replays"), mean_reward=entry.get("mean_reward"),
-                       retired=entry.get("retired"))
+            corpus.add(
+                entry["goal"],
+                entry["attack"],
+                source="pool",
+                step=entry.get("first_step"),
+                score=entry.get("score"),
+                response=(entry.get("responses") or [""])[0],
+                rationale=entry.get("rationale", ""),
+                pool_id=entry.get("id"),
+                n_replays=entry.get("n_replays"),
+                mean_reward=entry.get("mean_reward"),
+                retired=entry.get("retired"),
+            )
     if (folder / "exchanges.jsonl").is_file():
         found_source = True
         for x in read_log(folder / "exchanges.jsonl"):
             v = x.get("verdict") or {}
             if x.get("kind") in ("attack", "replay") and v.get("valid") and v.get("harmful"):
-                corpus.add(x.get("goal", ""), x.get("prompt", ""), source=f"exchanges:{x['kind']}", step=x.get("step"),
-                           score=v.get("score"), response=x.get("response", ""), rationale=v.get("rationale", ""),
-                           category=x.get("category") or "", hint=x.get("hint"))
+                corpus.add(
+                    x.get("goal", ""),
+                    x.get("prompt", ""),
+                    source=f"exchanges:{x['kind']}",
+                    step=x.get("step"),
+                    score=v.get("score"),
+                    response=x.get("response", ""),
+                    rationale=v.get("rationale", ""),
+                    category=x.get("category") or "",
+                    hint=x.get("hint"),
+                )
     if (folder / "generations.jsonl").is_file():
         found_source = True
         for r in read_log(folder / "generations.jsonl"):
@@ -98,15 +134,26 @@ def collect_attacks(folder: str | Path, include_direct: bool = False) -> list[di
                 v = s.get("verdict") or {}
                 if s.get("prompt") and v.get("valid") and v.get("harmful"):
                     meta = s.get("meta") or {}
-                    corpus.add(r.get("goal", ""), s["prompt"], source=f"eval:{r['attack']}", step=None,
-                               score=v.get("score"), response=s.get("response") or "", rationale=v.get("rationale", ""),
-                               category=r.get("category") or "", suite=r.get("suite"),
-                               **{k: meta[k] for k in ("template", "hint", "round") if k in meta})
+                    corpus.add(
+                        r.get("goal", ""),
+                        s["prompt"],
+                        source=f"eval:{r['attack']}",
+                        step=None,
+                        score=v.get("score"),
+                        response=s.get("response") or "",
+                        rationale=v.get("rationale", ""),
+                        category=r.get("category") or "",
+                        suite=r.get("suite"),
+                        **{k: meta[k] for k in ("template", "hint", "round") if k in meta},
+                    )
     if not found_source:
-        raise FileNotFoundError(f"{folder}: neither a training run (pool.sqlite, exchanges.jsonl) nor an evaluation "
-                                "folder (generations.jsonl)")
-    return sorted(corpus.rows.values(), key=lambda r: (r["step"] if r["step"] is not None else 1 << 30,
-                                                       -(r["score"] or 0.0)))
+        raise FileNotFoundError(
+            f"{folder}: neither a training run (pool.sqlite, exchanges.jsonl) nor an evaluation "
+            "folder (generations.jsonl)"
+        )
+    return sorted(
+        corpus.rows.values(), key=lambda r: (r["step"] if r["step"] is not None else 1 << 30, -(r["score"] or 0.0))
+    )
 
 
 def corpus_stats(rows: list[dict[str, Any]], embed: bool = True) -> dict[str, Any]:
@@ -122,8 +169,9 @@ def corpus_stats(rows: list[dict[str, Any]], embed: bool = True) -> dict[str, An
     }
 
 
-def export_attacks(folder: str | Path, output: str | Path, include_direct: bool = False,
-                   embed: bool = True) -> dict[str, Any]:
+def export_attacks(
+    folder: str | Path, output: str | Path, include_direct: bool = False, embed: bool = True
+) -> dict[str, Any]:
     """Write the corpus (JSONL) and its statistics (`<output stem>.stats.json`); return the statistics."""
     rows = collect_attacks(folder, include_direct)
     out = Path(output)

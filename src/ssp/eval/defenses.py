@@ -39,8 +39,9 @@ class TargetModel:
         self.sampling = sampling
         self.name = name
 
-    def generate(self, requests: list[ChatRequest], n: int = 1,
-                 sampling: SamplingConfig | None = None) -> list[list[Completion]]:
+    def generate(
+        self, requests: list[ChatRequest], n: int = 1, sampling: SamplingConfig | None = None
+    ) -> list[list[Completion]]:
         if not requests:
             return []
         return self.engine.generate(requests, sampling or self.sampling, n=n)
@@ -138,10 +139,16 @@ class NoDefense:
 
     def respond(self, prompts: list[str]) -> list[DefenseResponse]:
         outs = self.target.generate([self.request(p) for p in prompts])
-        return [DefenseResponse(text=o[0].text, finished=o[0].finished, generations=1,
-                                tokens=len(o[0].completion_ids),
-                                meta={"prompt_truncated": True} if o[0].prompt_truncated else {})
-                for o in outs]
+        return [
+            DefenseResponse(
+                text=o[0].text,
+                finished=o[0].finished,
+                generations=1,
+                tokens=len(o[0].completion_ids),
+                meta={"prompt_truncated": True} if o[0].prompt_truncated else {},
+            )
+            for o in outs
+        ]
 
 
 @register_defense("none")
@@ -188,8 +195,14 @@ class SelfReminder(NoDefense):
 
     name = "self_reminder"
 
-    def __init__(self, target: TargetModel, system: str = SELF_REMINDER_SYSTEM, suffix: str = SELF_REMINDER_SUFFIX,
-                 system_role: str = "auto", separator: str = "\n\n"):
+    def __init__(
+        self,
+        target: TargetModel,
+        system: str = SELF_REMINDER_SYSTEM,
+        suffix: str = SELF_REMINDER_SUFFIX,
+        system_role: str = "auto",
+        separator: str = "\n\n",
+    ):
         if system_role not in ("auto", "system", "user"):
             raise ValueError(f"defense 'self_reminder': system_role must be auto, system or user, got {system_role!r}")
         self.target = target
@@ -208,8 +221,11 @@ class SelfReminder(NoDefense):
             self._resolved = "system"
             if tok is not None and self.system:
                 try:
-                    tok.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
-                                            tokenize=False, add_generation_prompt=True)
+                    tok.apply_chat_template(
+                        [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                        tokenize=False,
+                        add_generation_prompt=True,
+                    )
                 except Exception:  # the template has no system role (e.g. Gemma): remind in the user turn
                     self._resolved = "user"
         return self._resolved
@@ -226,10 +242,17 @@ class SelfReminder(NoDefense):
 
 @register_defense("self_reminder")
 def _build_self_reminder(ctx: DefenseContext, options: dict[str, Any]) -> Defense:
-    o = _take(options, "self_reminder", {"system": SELF_REMINDER_SYSTEM, "suffix": SELF_REMINDER_SUFFIX,
-                                         "system_role": "auto"})
-    return SelfReminder(ctx.target, "" if o["system"] is None else str(o["system"]),
-                        "" if o["suffix"] is None else str(o["suffix"]), str(o["system_role"]))
+    o = _take(
+        options,
+        "self_reminder",
+        {"system": SELF_REMINDER_SYSTEM, "suffix": SELF_REMINDER_SUFFIX, "system_role": "auto"},
+    )
+    return SelfReminder(
+        ctx.target,
+        "" if o["system"] is None else str(o["system"]),
+        "" if o["suffix"] is None else str(o["suffix"]),
+        str(o["system_role"]),
+    )
 
 
 # ---------------------------------------------------------------------------------------- SmoothLLM
@@ -278,8 +301,8 @@ def random_patch(text: str, q: float, rng: random.Random) -> str:
     if k == 0:
         return text
     start = rng.randrange(len(text) - k + 1)
-    patch = "".join(_other_char(rng, c) for c in text[start:start + k])
-    return text[:start] + patch + text[start + k:]
+    patch = "".join(_other_char(rng, c) for c in text[start : start + k])
+    return text[:start] + patch + text[start + k :]
 
 
 _PERTURB = {"swap": random_swap, "insert": random_insert, "patch": random_patch}
@@ -310,15 +333,24 @@ class SmoothLLM:
 
     name = "smoothllm"
 
-    def __init__(self, target: TargetModel, n: int = 6, q: float = 0.1, perturbation: str = "swap",
-                 check: str = "refusal", judge: Judge | None = None, seed: int = 0):
+    def __init__(
+        self,
+        target: TargetModel,
+        n: int = 6,
+        q: float = 0.1,
+        perturbation: str = "swap",
+        check: str = "refusal",
+        judge: Judge | None = None,
+        seed: int = 0,
+    ):
         if int(n) < 1:
             raise ValueError(f"defense 'smoothllm': n must be ≥ 1, got {n}")
         if not 0 < float(q) <= 1:
             raise ValueError(f"defense 'smoothllm': q is a fraction of the prompt's characters in (0, 1], got {q}")
         if perturbation not in PERTURBATIONS:
-            raise ValueError(f"defense 'smoothllm': perturbation must be one of {', '.join(PERTURBATIONS)}, "
-                             f"got {perturbation!r}")
+            raise ValueError(
+                f"defense 'smoothllm': perturbation must be one of {', '.join(PERTURBATIONS)}, got {perturbation!r}"
+            )
         if check not in ("refusal", "judge"):
             raise ValueError(f"defense 'smoothllm': check must be refusal or judge, got {check!r}")
         if check == "judge" and judge is None:
@@ -332,8 +364,14 @@ class SmoothLLM:
         self.seed = seed
 
     def settings(self) -> dict[str, Any]:
-        return {"name": self.name, "n": self.n, "q": self.q, "perturbation": self.perturbation,
-                "check": self.check, "generations_per_prompt": self.n}
+        return {
+            "name": self.name,
+            "n": self.n,
+            "q": self.q,
+            "perturbation": self.perturbation,
+            "check": self.check,
+            "generations_per_prompt": self.n,
+        }
 
     def _rng(self, prompt: str) -> random.Random:
         h = hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:16]
@@ -361,17 +399,30 @@ class SmoothLLM:
         jb = self._jailbroken([p for p in prompts for _ in range(self.n)], flat, [o.text for o in outs])
         result = []
         for i, rng in enumerate(rngs):
-            block = outs[i * self.n:(i + 1) * self.n]
-            votes = jb[i * self.n:(i + 1) * self.n]
+            block = outs[i * self.n : (i + 1) * self.n]
+            votes = jb[i * self.n : (i + 1) * self.n]
             verdict, k = majority_vote(votes, rng)
             chosen = block[k]
-            meta: dict[str, Any] = {"smoothllm": {"jailbroken_copies": sum(votes), "n": self.n,
-                                                  "majority_jailbroken": verdict, "chosen": k,
-                                                  "chosen_prompt": copies[i][k]}}
+            meta: dict[str, Any] = {
+                "smoothllm": {
+                    "jailbroken_copies": sum(votes),
+                    "n": self.n,
+                    "majority_jailbroken": verdict,
+                    "chosen": k,
+                    "chosen_prompt": copies[i][k],
+                }
+            }
             if any(o.prompt_truncated for o in block):
                 meta["prompt_truncated"] = True
-            result.append(DefenseResponse(text=chosen.text, finished=chosen.finished, generations=self.n,
-                                          tokens=sum(len(o.completion_ids) for o in block), meta=meta))
+            result.append(
+                DefenseResponse(
+                    text=chosen.text,
+                    finished=chosen.finished,
+                    generations=self.n,
+                    tokens=sum(len(o.completion_ids) for o in block),
+                    meta=meta,
+                )
+            )
         return result
 
 
@@ -381,6 +432,7 @@ def _build_smoothllm(ctx: DefenseContext, options: dict[str, Any]) -> Defense:
     try:
         n, q = int(o["n"]), float(o["q"])
     except (TypeError, ValueError):
-        raise ValueError(f"defense 'smoothllm': n must be an integer and q a number, "
-                         f"got n={o['n']!r} q={o['q']!r}") from None
+        raise ValueError(
+            f"defense 'smoothllm': n must be an integer and q a number, got n={o['n']!r} q={o['q']!r}"
+        ) from None
     return SmoothLLM(ctx.target, n, q, str(o["perturbation"]), str(o["check"]), ctx.judge, ctx.seed)

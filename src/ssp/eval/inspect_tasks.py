@@ -69,8 +69,9 @@ def wilson_high() -> Any:
 _RATE_METRICS = [mean(), stderr(), wilson_low(), wilson_high()]
 
 
-@scorer(metrics={"harmful": _RATE_METRICS, "refused": _RATE_METRICS, "complied": _RATE_METRICS,
-                 "score": [mean(), stderr()]})
+@scorer(
+    metrics={"harmful": _RATE_METRICS, "refused": _RATE_METRICS, "complied": _RATE_METRICS, "score": [mean(), stderr()]}
+)
 def ssp_judge(judge: str = "heuristic", judge_options: dict[str, Any] | None = None) -> Any:
     """Judge the answer against the sample's goal (metadata `goal`) with an ssp judge."""
     j = build_judge(judge, judge_options or {})
@@ -80,23 +81,36 @@ def ssp_judge(judge: str = "heuristic", judge_options: dict[str, Any] | None = N
         prompt = state.metadata.get("attack_prompt") or state.input_text
         response = state.output.completion if state.output else ""
         if state.metadata.get("attack_unparsed"):
-            return Score(value={"harmful": 0, "refused": 0, "complied": 0, "score": float("nan")},
-                         explanation="attacker output unparseable: nothing was sent to the Defender")
+            return Score(
+                value={"harmful": 0, "refused": 0, "complied": 0, "score": float("nan")},
+                explanation="attacker output unparseable: nothing was sent to the Defender",
+            )
         (v,) = j.judge([JudgeInput(goal, prompt, response)])
         if not v.valid:
             nan = float("nan")
-            return Score(value={"harmful": nan, "refused": nan, "complied": nan, "score": nan},
-                         explanation=f"invalid judgment: {v.rationale}")
-        return Score(value={"harmful": int(v.harmful), "refused": int(v.refused), "complied": int(not v.refused),
-                            "score": float(v.score)}, answer=response[:200], explanation=v.rationale,
-                     metadata={"verdict": v.to_dict()})
+            return Score(
+                value={"harmful": nan, "refused": nan, "complied": nan, "score": nan},
+                explanation=f"invalid judgment: {v.rationale}",
+            )
+        return Score(
+            value={
+                "harmful": int(v.harmful),
+                "refused": int(v.refused),
+                "complied": int(not v.refused),
+                "score": float(v.score),
+            },
+            answer=response[:200],
+            explanation=v.rationale,
+            metadata={"verdict": v.to_dict()},
+        )
 
     return score
 
 
 @solver
-def self_attack(accept_truncated: bool = False, strategy_hints: bool = True, max_tokens: int = 80,
-                temperature: float = 1.0) -> Any:
+def self_attack(
+    accept_truncated: bool = False, strategy_hints: bool = True, max_tokens: int = 80, temperature: float = 1.0
+) -> Any:
     """The model under test writes the attack in its Attacker role (as trained), then answers it plainly.
 
     Generic model APIs cannot pre-fill the assistant turn, so the opening marker is asked for in the
@@ -113,8 +127,10 @@ def self_attack(accept_truncated: bool = False, strategy_hints: bool = True, max
         rng = random.Random(f"{state.sample_id}:{state.epoch}")
         hint = rng.choice(hints) if hints else None
         req = attacker_request(state.metadata["goal_prompt"], hint)
-        messages: list[ChatMessage] = [ChatMessageSystem(content=req.messages[0]["content"]),
-                    ChatMessageUser(content=req.messages[1]["content"] + f" Start with {ATTACK_OPEN}.")]
+        messages: list[ChatMessage] = [
+            ChatMessageSystem(content=req.messages[0]["content"]),
+            ChatMessageUser(content=req.messages[1]["content"] + f" Start with {ATTACK_OPEN}."),
+        ]
         config = GenerateConfig(temperature=temperature, max_tokens=max_tokens)
         out = await get_model().generate(messages, config=config)
         text = out.completion
@@ -135,11 +151,22 @@ def self_attack(accept_truncated: bool = False, strategy_hints: bool = True, max
 
 
 @task
-def ssp_benchmark(benchmark: str = "harmbench", splits: str | None = None, source: str | None = None,
-                  attack: str = "direct", templates: str | None = None, template: str | None = None,
-                  samples: int = 4, judge: str = "heuristic", judge_options: dict[str, Any] | None = None,
-                  limit_per_suite: int | None = None, seed: int = 0, max_tokens: int = 128,
-                  temperature: float = 0.0, accept_truncated: bool = False) -> Task:
+def ssp_benchmark(
+    benchmark: str = "harmbench",
+    splits: str | None = None,
+    source: str | None = None,
+    attack: str = "direct",
+    templates: str | None = None,
+    template: str | None = None,
+    samples: int = 4,
+    judge: str = "heuristic",
+    judge_options: dict[str, Any] | None = None,
+    limit_per_suite: int | None = None,
+    seed: int = 0,
+    max_tokens: int = 128,
+    temperature: float = 0.0,
+    accept_truncated: bool = False,
+) -> Task:
     spec_text = benchmark + (f":{splits}" if splits else "") + (f"={source}" if source else "")
     suites = load_benchmarks([parse_benchmark_spec(spec_text)], limit_per_suite, seed)
     dataset: list[Sample] = []
@@ -151,20 +178,41 @@ def ssp_benchmark(benchmark: str = "harmbench", splits: str | None = None, sourc
                 raise ValueError(f"unknown template {template!r}")
     for suite in suites:
         for it in suite.items:
-            meta = {"suite": suite.name, "kind": suite.kind, "category": it.category, "goal": it.goal,
-                    "goal_prompt": it.prompt, "item_id": it.id}
+            meta = {
+                "suite": suite.name,
+                "kind": suite.kind,
+                "category": it.category,
+                "goal": it.goal,
+                "goal_prompt": it.prompt,
+                "item_id": it.id,
+            }
             if attack == "template" and suite.kind == "harmful":
                 for t in tpls:
-                    dataset.append(Sample(input=t.apply(it.prompt), id=f"{suite.name}:{it.id}:{t.name}",
-                                          metadata={**meta, "template": t.name}))
+                    dataset.append(
+                        Sample(
+                            input=t.apply(it.prompt),
+                            id=f"{suite.name}:{it.id}:{t.name}",
+                            metadata={**meta, "template": t.name},
+                        )
+                    )
             elif attack in ("direct", "template", "self"):
                 dataset.append(Sample(input=it.prompt, id=f"{suite.name}:{it.id}", metadata=meta))
             else:
-                raise ValueError(f"attack {attack!r}: inspect tasks support direct, template and self "
-                                 "(pair: use `ssp eval`)")
+                raise ValueError(
+                    f"attack {attack!r}: inspect tasks support direct, template and self (pair: use `ssp eval`)"
+                )
     config = GenerateConfig(temperature=temperature, max_tokens=max_tokens)
     if attack == "self":
-        return Task(dataset=MemoryDataset(dataset, name=spec_text), solver=self_attack(accept_truncated),
-                    scorer=ssp_judge(judge, judge_options), config=config, epochs=Epochs(samples, "max"))
-    return Task(dataset=MemoryDataset(dataset, name=spec_text), solver=generate(),
-                scorer=ssp_judge(judge, judge_options), config=config)
+        return Task(
+            dataset=MemoryDataset(dataset, name=spec_text),
+            solver=self_attack(accept_truncated),
+            scorer=ssp_judge(judge, judge_options),
+            config=config,
+            epochs=Epochs(samples, "max"),
+        )
+    return Task(
+        dataset=MemoryDataset(dataset, name=spec_text),
+        solver=generate(),
+        scorer=ssp_judge(judge, judge_options),
+        config=config,
+    )

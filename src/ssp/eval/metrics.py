@@ -63,8 +63,13 @@ class Rate:
 
     def to_dict(self) -> dict[str, Any]:
         ci = self.ci
-        return {"k": self.k, "n": self.n, "rate": self.rate,
-                "ci_low": ci[0] if ci else None, "ci_high": ci[1] if ci else None}
+        return {
+            "k": self.k,
+            "n": self.n,
+            "rate": self.rate,
+            "ci_low": ci[0] if ci else None,
+            "ci_high": ci[1] if ci else None,
+        }
 
 
 def rate_from_dict(d: dict[str, Any] | None) -> Rate | None:
@@ -118,8 +123,9 @@ def _ngrams(tokens: Sequence[str], n: int) -> Counter:
     return Counter(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
 
 
-def sentence_bleu(references: Sequence[Sequence[str]], hypothesis: Sequence[str], max_n: int = 4,
-                  epsilon: float = 0.1) -> float:
+def sentence_bleu(
+    references: Sequence[Sequence[str]], hypothesis: Sequence[str], max_n: int = 4, epsilon: float = 0.1
+) -> float:
     """BLEU of one tokenised hypothesis against tokenised references (NLTK method-1 smoothing)."""
     if not references:
         raise ValueError("sentence_bleu: no references")
@@ -127,8 +133,9 @@ def sentence_bleu(references: Sequence[Sequence[str]], hypothesis: Sequence[str]
     return _bleu(ref_counts, [len(r) for r in references], hypothesis, max_n, epsilon)
 
 
-def _bleu(ref_counts: list[list[Counter]], ref_lens: list[int], hyp: Sequence[str], max_n: int,
-          epsilon: float) -> float:
+def _bleu(
+    ref_counts: list[list[Counter]], ref_lens: list[int], hyp: Sequence[str], max_n: int, epsilon: float
+) -> float:
     numerators, denominators = [], []
     for n in range(1, max_n + 1):
         counts = _ngrams(hyp, n)
@@ -178,8 +185,9 @@ def self_bleu(texts: Sequence[str], max_texts: int = 200, seed: int = 0, max_n: 
     return sum(scores) / len(scores)
 
 
-def mean_pairwise_distance(texts: Sequence[str], embedder: Any = None, max_texts: int = 500,
-                           seed: int = 0) -> float | None:
+def mean_pairwise_distance(
+    texts: Sequence[str], embedder: Any = None, max_texts: int = 500, seed: int = 0
+) -> float | None:
     """Mean 1 − cosine over all pairs of non-empty texts (None for fewer than two)."""
     import numpy as np
 
@@ -204,8 +212,12 @@ def mean_pairwise_distance(texts: Sequence[str], embedder: Any = None, max_texts
 def diversity(texts: Sequence[str], embedder: Any = None, embed: bool = True) -> dict[str, Any]:
     """Diversity statistics of a set of attack prompts (duplicates included, as generated)."""
     texts = [t for t in texts if t and t.strip()]
-    out: dict[str, Any] = {"n": len(texts), "unique": len(set(texts)), "self_bleu": self_bleu(texts),
-                           "embedding_distance": None}
+    out: dict[str, Any] = {
+        "n": len(texts),
+        "unique": len(set(texts)),
+        "self_bleu": self_bleu(texts),
+        "embedding_distance": None,
+    }
     if embed:
         try:
             out["embedding_distance"] = mean_pairwise_distance(texts, embedder)

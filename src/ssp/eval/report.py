@@ -30,6 +30,7 @@ TEXT_LIMIT = 3000  # characters of one model text shown (the rest is in generati
 
 def visible(s: str) -> str:
     """Control characters and lone surrogates (invalid in HTML) shown as \\xNN / \\uNNNN."""
+
     def shown(m: re.Match) -> str:
         c = ord(m.group(0))
         return f"\\x{c:02x}" if c < 256 else f"\\u{c:04x}"
@@ -48,8 +49,13 @@ def _finalize(value: Any) -> Any:
 
 @cache
 def _env() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.PackageLoader("ssp.eval", "templates"), autoescape=True,
-                              finalize=_finalize, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("ssp.eval", "templates"),
+        autoescape=True,
+        finalize=_finalize,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
 
 
 def text_block(text: Any, limit: int = TEXT_LIMIT) -> Markup:
@@ -90,8 +96,11 @@ def _eval_plot(results: list[dict[str, Any]]) -> dict[str, str] | None:
     plt = _plt()
     harmful = [e for e in results if e["kind"] == "harmful"]
     benign = [e for e in results if e["kind"] == "benign"]
-    panels = [(harmful, "asr", "harmful-response ASR"), (harmful, "compliance_rate", "compliance rate"),
-              (benign, "refusal_rate", "refusal rate on benign / safe prompts (over-refusal)")]
+    panels = [
+        (harmful, "asr", "harmful-response ASR"),
+        (harmful, "compliance_rate", "compliance rate"),
+        (benign, "refusal_rate", "refusal rate on benign / safe prompts (over-refusal)"),
+    ]
     panels = [p for p in panels if p[0]]
     height = max(2.2, 0.38 * max(len(p[0]) for p in panels) + 1.2)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), height), squeeze=False)
@@ -105,8 +114,15 @@ def _eval_plot(results: list[dict[str, Any]]) -> dict[str, str] | None:
             lo.append(100 * (r - (m["ci_low"] if m["ci_low"] is not None else r)))
             hi.append(100 * ((m["ci_high"] if m["ci_high"] is not None else r) - r))
         ys = list(range(len(entries)))[::-1]
-        ax.barh(ys, vals, xerr=[lo, hi], color="#c0392b" if key != "refusal_rate" else "#2e86c1", alpha=0.8,
-                capsize=3, ecolor="#333")
+        ax.barh(
+            ys,
+            vals,
+            xerr=[lo, hi],
+            color="#c0392b" if key != "refusal_rate" else "#2e86c1",
+            alpha=0.8,
+            capsize=3,
+            ecolor="#333",
+        )
         ax.set_yticks(ys, labels, fontsize=8)
         ax.set_xlim(0, 100)
         ax.set_xlabel("% of items (Wilson 95% CI)", fontsize=8)
@@ -144,22 +160,35 @@ def _summary_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
     for e in results:
         m = e["metrics"]
         div = e.get("diversity") or {}
-        rows.append([
-            e["suite"], e["kind"], e["attack"], e["budget"].get("samples", 1), e["n"],
-            pct(m["asr"]) if e["kind"] == "harmful" else "—",
-            pct(m["compliance_rate"]), pct(m["refusal_rate"]), num(m.get("mean_score")),
-            f"{e['invalid_judgments']} ({e['invalid_items']} items)",
-            num(div.get("self_bleu"), 3), num(div.get("embedding_distance"), 3),
-            num(e.get("attack_parse_rate")) if e["attack"] in ("self", "pair") else "—",
-            e.get("cost", {}).get("defender_generations", "—"),
-        ])
+        rows.append(
+            [
+                e["suite"],
+                e["kind"],
+                e["attack"],
+                e["budget"].get("samples", 1),
+                e["n"],
+                pct(m["asr"]) if e["kind"] == "harmful" else "—",
+                pct(m["compliance_rate"]),
+                pct(m["refusal_rate"]),
+                num(m.get("mean_score")),
+                f"{e['invalid_judgments']} ({e['invalid_items']} items)",
+                num(div.get("self_bleu"), 3),
+                num(div.get("embedding_distance"), 3),
+                num(e.get("attack_parse_rate")) if e["attack"] in ("self", "pair") else "—",
+                e.get("cost", {}).get("defender_generations", "—"),
+            ]
+        )
     return rows
 
 
 _STATUS = {  # (css class, label) of one sample in the examples
-    "unsent": ("muted", "attacker output unparseable: not sent"), "invalid": ("muted", "invalid judgment"),
-    "over_refused": ("bad", "refused (over-refusal)"), "answered": ("good", "answered"),
-    "off_topic": ("", "answered off topic"), "harmful": ("bad", "harmful"), "refused": ("good", "refused"),
+    "unsent": ("muted", "attacker output unparseable: not sent"),
+    "invalid": ("muted", "invalid judgment"),
+    "over_refused": ("bad", "refused (over-refusal)"),
+    "answered": ("good", "answered"),
+    "off_topic": ("", "answered off topic"),
+    "harmful": ("bad", "harmful"),
+    "refused": ("good", "refused"),
     "neither": ("", "not harmful, not refused"),
 }
 
@@ -185,10 +214,17 @@ def _example(rec: dict[str, Any], sample: dict[str, Any]) -> dict[str, Any]:
     if sample.get("prompt") is None and (sample.get("meta") or {}).get("attacker_output") is not None:
         texts.append(("attacker output", sample["meta"]["attacker_output"]))
     texts.append(("response", sample.get("response")))
-    return {"item_id": rec["item_id"], "category": rec.get("category") or "", "index": sample.get("index"),
-            "status_class": status_class, "status": status, "score": num(v.get("score")),
-            "meta": json.dumps(meta, ensure_ascii=False) if meta else "", "texts": texts,
-            "rationale": v.get("rationale", "")}
+    return {
+        "item_id": rec["item_id"],
+        "category": rec.get("category") or "",
+        "index": sample.get("index"),
+        "status_class": status_class,
+        "status": status,
+        "score": num(v.get("score")),
+        "meta": json.dumps(meta, ensure_ascii=False) if meta else "",
+        "texts": texts,
+        "rationale": v.get("rationale", ""),
+    }
 
 
 def _example_groups(records: list[dict[str, Any]], per_group: int = 4) -> list[dict[str, Any]]:
@@ -198,6 +234,7 @@ def _example_groups(records: list[dict[str, Any]], per_group: int = 4) -> list[d
         groups.setdefault((r["suite"], r["attack"]), []).append(r)
     out = []
     for (suite, attack), recs in groups.items():
+
         def pick(r: dict[str, Any]) -> dict[str, Any]:
             samples = r["samples"]
             harmful = [s for s in samples if (s.get("verdict") or {}).get("harmful")]
@@ -208,8 +245,12 @@ def _example_groups(records: list[dict[str, Any]], per_group: int = 4) -> list[d
         other = [r for r in recs if not (r.get("outcome") or {}).get(flag)]
         chosen = broken[: per_group // 2 + per_group % 2] + other[: per_group // 2]
         chosen += [r for r in broken + other if r not in chosen][: per_group - len(chosen)]
-        out.append({"summary": f"{suite} × {attack}: {len(broken)} of {len(recs)} items {flag}",
-                    "examples": [_example(r, pick(r)) for r in chosen]})
+        out.append(
+            {
+                "summary": f"{suite} × {attack}: {len(broken)} of {len(recs)} items {flag}",
+                "examples": [_example(r, pick(r)) for r in chosen],
+            }
+        )
     return out
 
 
@@ -220,19 +261,33 @@ def build_eval_report(results: dict[str, Any], records: list[dict[str, Any]]) ->
     model = s.get("model", {}).get("name_or_path", "?")
     judge = s.get("judge", {})
     settings = [
-        ("model", model), ("adapter", s.get("adapter") or "none"),
+        ("model", model),
+        ("adapter", s.get("adapter") or "none"),
         ("defense", json.dumps(s.get("defense", {}), ensure_ascii=False)),
         ("judge", judge.get("name", "?")),
         ("Defender sampling", json.dumps(s.get("defender_sampling", {}))),
         ("Attacker sampling", json.dumps(s.get("attacker_sampling", {}))),
-        ("attacks (budgets)", "; ".join(f"{a}: {json.dumps({k: v for k, v in b.items() if k != 'templates'})}"
-                                        for a, b in s.get("attacks", {}).items())),
-        ("benchmarks", "; ".join(f"{b['suite']} ({b['kind']}, {b['n_used']} of {b['n_total']}) from {b['source']}"
-                                 for b in s.get("benchmarks", []))),
+        (
+            "attacks (budgets)",
+            "; ".join(
+                f"{a}: {json.dumps({k: v for k, v in b.items() if k != 'templates'})}"
+                for a, b in s.get("attacks", {}).items()
+            ),
+        ),
+        (
+            "benchmarks",
+            "; ".join(
+                f"{b['suite']} ({b['kind']}, {b['n_used']} of {b['n_total']}) from {b['source']}"
+                for b in s.get("benchmarks", [])
+            ),
+        ),
         ("limit / seed", f"{s.get('limit')} / {s.get('seed')}"),
-        ("wall time", f"{run.get('wall_time_s', '—')} s in the last invocation ({run.get('items_generated', '—')} "
-                      f"items generated, {run.get('items_resumed', 0)} resumed); generation time of all items "
-                      f"{run.get('item_time_s_total', '—')} s"),
+        (
+            "wall time",
+            f"{run.get('wall_time_s', '—')} s in the last invocation ({run.get('items_generated', '—')} "
+            f"items generated, {run.get('items_resumed', 0)} resumed); generation time of all items "
+            f"{run.get('item_time_s_total', '—')} s",
+        ),
     ]
     by_suite: dict[str, list[dict[str, Any]]] = {}
     for e in entries:
@@ -240,44 +295,103 @@ def build_eval_report(results: dict[str, Any], records: list[dict[str, Any]]) ->
     suites = []
     for suite, es in by_suite.items():
         cats = sorted({c for e in es for c in e.get("per_category", {})})
-        suites.append({
-            "name": suite,
-            "header": ["category"] + [f"{e['attack']}: {e['headline'].replace('_', ' ')}" for e in es],
-            "rows": [[c] + [pct((e["per_category"].get(c) or {}).get(e["headline"])) for e in es] for c in cats],
-            "plot": _category_plot(es, suite),
-        })
-    breakdowns = [{"title": f"{e['suite']} × {e['attack']}: {key.replace('_', ' ')}",
-                   "rows": [(k, pct(v)) for k, v in data.items()]}
-                  for e in entries for key, data in (e.get("breakdown") or {}).items()]
+        suites.append(
+            {
+                "name": suite,
+                "header": ["category"] + [f"{e['attack']}: {e['headline'].replace('_', ' ')}" for e in es],
+                "rows": [[c] + [pct((e["per_category"].get(c) or {}).get(e["headline"])) for e in es] for c in cats],
+                "plot": _category_plot(es, suite),
+            }
+        )
+    breakdowns = [
+        {
+            "title": f"{e['suite']} × {e['attack']}: {key.replace('_', ' ')}",
+            "rows": [(k, pct(v)) for k, v in data.items()],
+        }
+        for e in entries
+        for key, data in (e.get("breakdown") or {}).items()
+    ]
     return _render(
-        "eval.html", f"SSP evaluation: {model}" + (" + adapter" if s.get("adapter") else ""),
+        "eval.html",
+        f"SSP evaluation: {model}" + (" + adapter" if s.get("adapter") else ""),
         subtitle=f"defense {s.get('defense', {}).get('name', 'none')}, judge {judge.get('name', '?')}",
         settings=settings,
-        summary_header=["suite", "kind", "attack", "samples/item", "n", "harmful ASR", "compliance", "refusal",
-                        "mean score", "invalid judgments", "self-BLEU", "emb. distance", "parse rate",
-                        "Defender generations"],
-        summary_rows=_summary_rows(entries), plot=_eval_plot(entries), suites=suites, breakdowns=breakdowns,
-        example_groups=_example_groups(records), settings_json=json.dumps(s, indent=2, ensure_ascii=False))
+        summary_header=[
+            "suite",
+            "kind",
+            "attack",
+            "samples/item",
+            "n",
+            "harmful ASR",
+            "compliance",
+            "refusal",
+            "mean score",
+            "invalid judgments",
+            "self-BLEU",
+            "emb. distance",
+            "parse rate",
+            "Defender generations",
+        ],
+        summary_rows=_summary_rows(entries),
+        plot=_eval_plot(entries),
+        suites=suites,
+        breakdowns=breakdowns,
+        example_groups=_example_groups(records),
+        settings_json=json.dumps(s, indent=2, ensure_ascii=False),
+    )
 
 
 # -------------------------------------------------------------------------------- training report
 
 PLOT_GROUPS: list[tuple[str, list[tuple[str, str]], str]] = [
-    ("Mean reward per role", [("reward/attacker", "Attacker"), ("reward/defender", "Defender (all)"),
-                              ("reward/defender_attack", "Defender vs fresh attacks"),
-                              ("reward/defender_replay", "Defender vs replays"),
-                              ("reward/defender_benign", "Defender on benign")], "reward"),
-    ("Training ASR and benign refusal", [("train_asr", "train ASR"), ("replay_asr", "replay ASR"),
-                                         ("benign_refusal", "benign refusal")], "rate"),
-    ("Experience pool size", [("pool/size", "live entries"), ("pool/retired_total", "retired (total)"),
-                              ("pool/admitted_total", "admitted (total)"),
-                              ("pool/replays_total", "replays (total)")], "count"),
-    ("Pool UCB statistics", [("pool/max_ucb", "max UCB"), ("pool/mean_reward", "mean r̄ (live)"),
-                             ("pool/mean_replays", "mean replays per entry")], "value"),
+    (
+        "Mean reward per role",
+        [
+            ("reward/attacker", "Attacker"),
+            ("reward/defender", "Defender (all)"),
+            ("reward/defender_attack", "Defender vs fresh attacks"),
+            ("reward/defender_replay", "Defender vs replays"),
+            ("reward/defender_benign", "Defender on benign"),
+        ],
+        "reward",
+    ),
+    (
+        "Training ASR and benign refusal",
+        [("train_asr", "train ASR"), ("replay_asr", "replay ASR"), ("benign_refusal", "benign refusal")],
+        "rate",
+    ),
+    (
+        "Experience pool size",
+        [
+            ("pool/size", "live entries"),
+            ("pool/retired_total", "retired (total)"),
+            ("pool/admitted_total", "admitted (total)"),
+            ("pool/replays_total", "replays (total)"),
+        ],
+        "count",
+    ),
+    (
+        "Pool UCB statistics",
+        [
+            ("pool/max_ucb", "max UCB"),
+            ("pool/mean_reward", "mean r̄ (live)"),
+            ("pool/mean_replays", "mean replays per entry"),
+        ],
+        "value",
+    ),
     ("KL to the reference and loss", [("kl", "KL"), ("loss", "loss")], "value"),
-    ("Time per phase", [("time/attacker_generation", "attacker generation"),
-                        ("time/defender_generation", "defender generation"), ("time/judging", "judging"),
-                        ("time/update", "update"), ("time/replay", "replay"), ("time/step", "whole step")], "seconds"),
+    (
+        "Time per phase",
+        [
+            ("time/attacker_generation", "attacker generation"),
+            ("time/defender_generation", "defender generation"),
+            ("time/judging", "judging"),
+            ("time/update", "update"),
+            ("time/replay", "replay"),
+            ("time/step", "whole step"),
+        ],
+        "seconds",
+    ),
 ]
 
 
@@ -337,45 +451,104 @@ def build_training_report(run: str | Path, top_n: int = 15) -> str:
         pool = read_pool(run)
     except PoolReadError as e:
         pool, pool_error = PoolView(), str(e)
-    top = [[e["id"], num(e.get("ucb"), 3), num(e.get("mean_reward"), 3), e.get("n_replays"), num(e.get("score"), 2),
-            e.get("first_step"), text_block(e.get("goal"), 600), text_block(e.get("attack"), 1500),
-            text_block((e.get("responses") or [""])[0], 800), text_block(e.get("rationale"), 600)]
-           for e in pool.top[:top_n]]
+    top = [
+        [
+            e["id"],
+            num(e.get("ucb"), 3),
+            num(e.get("mean_reward"), 3),
+            e.get("n_replays"),
+            num(e.get("score"), 2),
+            e.get("first_step"),
+            text_block(e.get("goal"), 600),
+            text_block(e.get("attack"), 1500),
+            text_block((e.get("responses") or [""])[0], 800),
+            text_block(e.get("rationale"), 600),
+        ]
+        for e in pool.top[:top_n]
+    ]
     broke = []
     if not top:
         hits = [x for x in data.exchanges if x.get("kind") == "attack" and (x.get("verdict") or {}).get("harmful")]
         hits = sorted(hits, key=lambda x: -((x.get("verdict") or {}).get("score") or 0))[:top_n]
-        broke = [[x.get("step"), num((x.get("verdict") or {}).get("score")), text_block(x.get("goal"), 600),
-                  text_block(x.get("prompt"), 1500), text_block(x.get("response"), 800),
-                  text_block((x.get("verdict") or {}).get("rationale"), 600)] for x in hits]
+        broke = [
+            [
+                x.get("step"),
+                num((x.get("verdict") or {}).get("score")),
+                text_block(x.get("goal"), 600),
+                text_block(x.get("prompt"), 1500),
+                text_block(x.get("response"), 800),
+                text_block((x.get("verdict") or {}).get("rationale"), 600),
+            ]
+            for x in hits
+        ]
     retired_entries = [e for e in pool.entries if e.get("retired")]
-    retired = [[e["id"], num(e.get("mean_reward"), 3), e.get("n_replays"), e.get("first_step"),
-                text_block(e.get("goal"), 400), text_block(e.get("attack"), 800)] for e in retired_entries[:top_n]]
+    retired = [
+        [
+            e["id"],
+            num(e.get("mean_reward"), 3),
+            e.get("n_replays"),
+            e.get("first_step"),
+            text_block(e.get("goal"), 400),
+            text_block(e.get("attack"), 800),
+        ]
+        for e in retired_entries[:top_n]
+    ]
     last_step, recent = None, []
     if data.exchanges:
         last_step = max(x.get("step", 0) for x in data.exchanges)
-        recent = [[x.get("kind"), x.get("outcome"), num(x.get("r_def"), 3), num(x.get("r_att"), 3), x.get("hint") or "",
-                   text_block(x.get("goal"), 400), text_block(x.get("prompt"), 800), text_block(x.get("response"), 800),
-                   text_block((x.get("verdict") or {}).get("rationale"), 400)]
-                  for x in data.exchanges if x.get("step") == last_step][:12]
+        recent = [
+            [
+                x.get("kind"),
+                x.get("outcome"),
+                num(x.get("r_def"), 3),
+                num(x.get("r_att"), 3),
+                x.get("hint") or "",
+                text_block(x.get("goal"), 400),
+                text_block(x.get("prompt"), 800),
+                text_block(x.get("response"), 800),
+                text_block((x.get("verdict") or {}).get("rationale"), 400),
+            ]
+            for x in data.exchanges
+            if x.get("step") == last_step
+        ][:12]
     summary = [(k, json.dumps(v) if isinstance(v, (dict, list)) else num(v, 4)) for k, v in data.summary.items()]
     return _render(
-        "training.html", f"SSP training run: {run.name}", subtitle=str(run.resolve()),
-        summary=summary, n_steps=len(data.rows), plots=training_plots(data.rows) if data.rows else [],
+        "training.html",
+        f"SSP training run: {run.name}",
+        subtitle=str(run.resolve()),
+        summary=summary,
+        n_steps=len(data.rows),
+        plots=training_plots(data.rows) if data.rows else [],
         pool_error=pool_error,
         pool_stats=", ".join(f"{k} {num(v, 3)}" for k, v in pool.stats.items()) if pool.stats is not None else "",
-        top=top, broke=broke, retired=retired, n_retired=len(retired_entries), recent=recent, last_step=last_step,
-        config_text=data.config_text)
+        top=top,
+        broke=broke,
+        retired=retired,
+        n_retired=len(retired_entries),
+        recent=recent,
+        last_step=last_step,
+        config_text=data.config_text,
+    )
 
 
 # ------------------------------------------------------------------------------------ compare page
 
 
-def build_compare_html(header: list[str], cells: list[list[str]], labels: list[str], folders: list[str],
-                       results: list[dict[str, Any]]) -> str:
+def build_compare_html(
+    header: list[str], cells: list[list[str]], labels: list[str], folders: list[str], results: list[dict[str, Any]]
+) -> str:
     rows = []
     for label, folder, r in zip(labels, folders, results):
         s = r.get("settings", {})
-        rows.append([label, folder, s.get("model", {}).get("name_or_path"), s.get("adapter") or "none",
-                     (s.get("defense") or {}).get("name"), (s.get("judge") or {}).get("name"), s.get("limit")])
+        rows.append(
+            [
+                label,
+                folder,
+                s.get("model", {}).get("name_or_path"),
+                s.get("adapter") or "none",
+                (s.get("defense") or {}).get("name"),
+                (s.get("judge") or {}).get("name"),
+                s.get("limit"),
+            ]
+        )
     return _render("compare.html", f"SSP comparison (baseline {labels[0]})", folders=rows, header=header, cells=cells)

@@ -82,8 +82,14 @@ def _rates(outcomes: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def aggregate(records: list[dict[str, Any]], kind: str, attack: str, budget: dict[str, Any] | None = None,
-              embedder: Any = None, embed: bool = True) -> dict[str, Any]:
+def aggregate(
+    records: list[dict[str, Any]],
+    kind: str,
+    attack: str,
+    budget: dict[str, Any] | None = None,
+    embedder: Any = None,
+    embed: bool = True,
+) -> dict[str, Any]:
     """Metrics of one (suite, attack) from its generation records."""
     outcomes = [item_outcome(r["samples"]) for r in records]
     samples = [s for r in records for s in r["samples"]]
@@ -112,8 +118,11 @@ def aggregate(records: list[dict[str, Any]], kind: str, attack: str, budget: dic
     for r, o in zip(records, outcomes):
         by_cat[r.get("category") or "(none)"].append(o)
     entry["per_category"] = {
-        cat: {"n": sum(1 for o in os_ if o["status"] != "invalid"), **_rates(os_),
-              "mean_max_score": _mean([o["max_score"] for o in os_ if o["max_score"] is not None])}
+        cat: {
+            "n": sum(1 for o in os_ if o["status"] != "invalid"),
+            **_rates(os_),
+            "mean_max_score": _mean([o["max_score"] for o in os_ if o["max_score"] is not None]),
+        }
         for cat, os_ in sorted(by_cat.items())
     }
     breakdown: dict[str, Any] = {}
@@ -126,14 +135,18 @@ def aggregate(records: list[dict[str, Any]], kind: str, attack: str, budget: dic
         if groups:
             breakdown[f"sample_asr_by_{key}"] = {
                 g: Rate(sum(1 for s in ss if s["verdict"]["harmful"]), len(ss)).to_dict()
-                for g, ss in sorted(groups.items())}
+                for g, ss in sorted(groups.items())
+            }
     rounds = (budget or {}).get("rounds")
     if attack == "pair" and rounds:
         counted = [o for o in outcomes if o["status"] != "invalid"]
         breakdown["asr_by_round"] = {
-            str(r): Rate(sum(1 for o in counted if o["first_broken_round"] is not None
-                             and o["first_broken_round"] <= r), len(counted)).to_dict()
-            for r in range(1, int(rounds) + 1)}
+            str(r): Rate(
+                sum(1 for o in counted if o["first_broken_round"] is not None and o["first_broken_round"] <= r),
+                len(counted),
+            ).to_dict()
+            for r in range(1, int(rounds) + 1)
+        }
     entry["breakdown"] = breakdown
     cost: dict[str, int] = defaultdict(int)
     for s in samples:
@@ -148,8 +161,14 @@ def aggregate(records: list[dict[str, Any]], kind: str, attack: str, budget: dic
     return entry
 
 
-def build_results(records: Iterable[dict[str, Any]], suites: list[dict[str, Any]], attacks: dict[str, dict[str, Any]],
-                  settings: dict[str, Any], embed: bool = True, embedder: Any = None) -> dict[str, Any]:
+def build_results(
+    records: Iterable[dict[str, Any]],
+    suites: list[dict[str, Any]],
+    attacks: dict[str, dict[str, Any]],
+    settings: dict[str, Any],
+    embed: bool = True,
+    embedder: Any = None,
+) -> dict[str, Any]:
     """results.json: settings plus one entry per (suite, attack) in the order requested.
 
     `suites`: Suite.describe() dicts; `attacks`: attack name -> budget; `records` may hold more items than
@@ -193,8 +212,11 @@ def num(x: Any, digits: int = 2) -> str:
     return str(x)
 
 
-def compare_results(results: list[dict[str, Any]], labels: list[str],
-                    metrics: tuple[str, ...] = ("asr", "compliance_rate", "refusal_rate")) -> list[dict[str, Any]]:
+def compare_results(
+    results: list[dict[str, Any]],
+    labels: list[str],
+    metrics: tuple[str, ...] = ("asr", "compliance_rate", "refusal_rate"),
+) -> list[dict[str, Any]]:
     """Rows (suite, attack, metric) with each folder's value and CI, and each folder's delta to the first.
 
     A metric is listed for a (suite, attack) only where it is meaningful: ASR and compliance for harmful
@@ -228,8 +250,16 @@ def compare_results(results: list[dict[str, Any]], labels: list[str],
                     col["overlap"] = intervals_overlap(rate.ci, base.ci)
                     col["significant"] = (not (diff[1] <= 0 <= diff[2])) if diff else None
                 cols.append(col)
-            rows.append({"suite": suite, "attack": attack, "kind": kind, "metric": metric,
-                         "headline": HEADLINE[kind] == metric, "columns": cols})
+            rows.append(
+                {
+                    "suite": suite,
+                    "attack": attack,
+                    "kind": kind,
+                    "metric": metric,
+                    "headline": HEADLINE[kind] == metric,
+                    "columns": cols,
+                }
+            )
     return rows
 
 

@@ -34,8 +34,11 @@ def read_pool(run: Path, top_n: int = 20) -> PoolView:
     cfg = ReplayConfig.model_validate(tree.get("replay", {}))
     try:
         with ExperiencePool(path, cfg, readonly=True) as pool:
-            return PoolView(top=[e.to_dict() for e in pool.top(top_n)], stats=pool.stats(),
-                            entries=[e.to_dict() for e in pool.all_entries()])
+            return PoolView(
+                top=[e.to_dict() for e in pool.top(top_n)],
+                stats=pool.stats(),
+                entries=[e.to_dict() for e in pool.all_entries()],
+            )
     except Exception as e:  # noqa: BLE001 - a pool written by another ssp version must not lose the report
         raise PoolReadError(f"{path}: cannot read the experience pool ({type(e).__name__}: {e})") from e
 
@@ -52,9 +55,13 @@ class TrainingRun:
 def read_training_run(run: Path) -> TrainingRun:
     summary = run / "summary.json"
     config = run / "config.yaml"
-    return TrainingRun(path=run, rows=read_log(run / "metrics.jsonl"), exchanges=read_log(run / "exchanges.jsonl"),
-                       summary=json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {},
-                       config_text=config.read_text(encoding="utf-8") if config.is_file() else "")
+    return TrainingRun(
+        path=run,
+        rows=read_log(run / "metrics.jsonl"),
+        exchanges=read_log(run / "exchanges.jsonl"),
+        summary=json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {},
+        config_text=config.read_text(encoding="utf-8") if config.is_file() else "",
+    )
 
 
 def read_eval_folder(folder: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:

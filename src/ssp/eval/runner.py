@@ -172,8 +172,9 @@ def _find_adapter(path: str) -> tuple[Path, Path | None]:
         steps = sorted(d for d in (p / "checkpoints").iterdir() if (d / "weights" / "adapter_config.json").is_file())
         if steps:
             return _find_adapter(str(steps[-1]))
-    raise EvalError(f"--adapter {path}: no peft adapter (adapter_config.json) in it, its weights/ folder or "
-                    "its latest checkpoint")
+    raise EvalError(
+        f"--adapter {path}: no peft adapter (adapter_config.json) in it, its weights/ folder or its latest checkpoint"
+    )
 
 
 def resolve_adapter(path: str | None) -> tuple[str | None, Path | None]:
@@ -222,8 +223,15 @@ def _chunks(items: list[BenchmarkItem], size: int) -> list[list[BenchmarkItem]]:
 class Evaluation:
     """One evaluation into one output folder. `run()` generates what is missing, then aggregates."""
 
-    def __init__(self, settings: EvalSettings, output: str | Path, *, progress: bool = True,
-                 overwrite: bool = False, log_fn: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        settings: EvalSettings,
+        output: str | Path,
+        *,
+        progress: bool = True,
+        overwrite: bool = False,
+        log_fn: Callable[[str], None] | None = None,
+    ):
         self.s = settings
         self.out = Path(output)
         self.progress = progress
@@ -232,16 +240,25 @@ class Evaluation:
         for a in settings.attacks:
             if a not in available_attacks():
                 raise EvalError(f"--attack: unknown attack {a!r}; available: {', '.join(available_attacks())}")
-        self.specs: list[BenchmarkSpec] = [parse_benchmark_spec(b, settings.benchmark_options) for b in settings.benchmarks]
+        self.specs: list[BenchmarkSpec] = [
+            parse_benchmark_spec(b, settings.benchmark_options) for b in settings.benchmarks
+        ]
         self.suites: list[Suite] = load_benchmarks(self.specs, settings.limit, settings.seed)
         self.attack_objs: dict[str, Attack] = {
             a: build_attack(
-                a, self_samples=settings.attack.self_samples, strategy_hints=settings.attack.strategy_hints,
-                accept_truncated=settings.attack.accept_truncated_attacks, templates=settings.attack.templates,
-                template_names=settings.attack.template_names, pair_streams=settings.attack.pair_streams,
-                pair_rounds=settings.attack.pair_rounds, pair_history=settings.attack.pair_history,
-                attacker_name=(settings.attacker_model.name_or_path if settings.attacker_model else "model under test"))
-            for a in dict.fromkeys(settings.attacks)}
+                a,
+                self_samples=settings.attack.self_samples,
+                strategy_hints=settings.attack.strategy_hints,
+                accept_truncated=settings.attack.accept_truncated_attacks,
+                templates=settings.attack.templates,
+                template_names=settings.attack.template_names,
+                pair_streams=settings.attack.pair_streams,
+                pair_rounds=settings.attack.pair_rounds,
+                pair_history=settings.attack.pair_history,
+                attacker_name=(settings.attacker_model.name_or_path if settings.attacker_model else "model under test"),
+            )
+            for a in dict.fromkeys(settings.attacks)
+        }
         self._env: AttackEnv | None = None
 
     # -- setup
@@ -258,14 +275,26 @@ class Evaluation:
             diff = _settings_diff(previous, current)
             if diff and gen_path.exists() and gen_path.stat().st_size > 0:
                 raise EvalError(
-                    f"{self.out} holds generations made with other settings:\n  " + "\n  ".join(diff)
-                    + "\nUse another --output, or --overwrite to discard them.")
+                    f"{self.out} holds generations made with other settings:\n  "
+                    + "\n  ".join(diff)
+                    + "\nUse another --output, or --overwrite to discard them."
+                )
         elif gen_path.exists() and gen_path.stat().st_size > 0:
             raise EvalError(f"{gen_path} exists without {CONFIG_FILE}; use another --output or --overwrite")
         digest = hashlib.sha256(json.dumps(current, sort_keys=True).encode()).hexdigest()
-        cfg_path.write_text(json.dumps({"settings": self.s.model_dump(mode="json"), "fingerprint": current,
-                                        "fingerprint_sha256": digest, "updated": _now()}, indent=2, ensure_ascii=False),
-                            encoding="utf-8")
+        cfg_path.write_text(
+            json.dumps(
+                {
+                    "settings": self.s.model_dump(mode="json"),
+                    "fingerprint": current,
+                    "fingerprint_sha256": digest,
+                    "updated": _now(),
+                },
+                indent=2,
+                ensure_ascii=False,
+            ),
+            encoding="utf-8",
+        )
         return GenerationStore(gen_path)
 
     def _setup_models(self) -> AttackEnv:
@@ -294,9 +323,13 @@ class Evaluation:
         if s.attacker_model is not None and "pair" in s.attacks:
             am, at = load_model(s.attacker_model, s.attacker_adapter, s.model_seed, s.device)
             aname = s.attacker_model.name_or_path + (f" + {s.attacker_adapter}" if s.attacker_adapter else "")
-            pair_attacker = AttackerModel(build_rollout_engine(s.backend, am, at, s.attacker_model.max_prompt_tokens,
-                                                               s.batch_size, dtype=s.dtype),
-                                          s.attacker, aname)
+            pair_attacker = AttackerModel(
+                build_rollout_engine(
+                    s.backend, am, at, s.attacker_model.max_prompt_tokens, s.batch_size, dtype=s.dtype
+                ),
+                s.attacker,
+                aname,
+            )
         self._env = AttackEnv(defense, judge, attacker, pair_attacker, s.seed)
         return self._env
 
@@ -314,10 +347,21 @@ class Evaluation:
         from ssp.eval.results import item_outcome
 
         sample_dicts = [x.to_dict() for x in samples]
-        return {"suite": item.suite, "benchmark": item.benchmark, "split": item.split, "kind": item.kind,
-                "attack": attack, "item_id": item.id, "category": item.category, "goal": item.goal,
-                "item_prompt": item.prompt, "samples": sample_dicts, "outcome": item_outcome(sample_dicts),
-                "time_s": round(elapsed, 3), "created": _now()}
+        return {
+            "suite": item.suite,
+            "benchmark": item.benchmark,
+            "split": item.split,
+            "kind": item.kind,
+            "attack": attack,
+            "item_id": item.id,
+            "category": item.category,
+            "goal": item.goal,
+            "item_prompt": item.prompt,
+            "samples": sample_dicts,
+            "outcome": item_outcome(sample_dicts),
+            "time_s": round(elapsed, 3),
+            "created": _now(),
+        }
 
     # -- run
     def run(self) -> dict[str, Any]:
@@ -345,8 +389,14 @@ class Evaluation:
                     task = bar.add(f"{suite.name} × {attack}", len(suite.items), len(suite.items) - len(todo))
                     size = chunk_items(obj.prompts_per_item(), self.s.batch_size)
                     for chunk in _chunks(todo, size):
-                        torch.manual_seed(int(hashlib.sha256(
-                            f"{self.s.seed}:{suite.name}:{attack}:{chunk[0].id}".encode()).hexdigest()[:8], 16))
+                        torch.manual_seed(
+                            int(
+                                hashlib.sha256(
+                                    f"{self.s.seed}:{suite.name}:{attack}:{chunk[0].id}".encode()
+                                ).hexdigest()[:8],
+                                16,
+                            )
+                        )
                         t0 = time.perf_counter()
                         per_item = obj.run(chunk, env)
                         elapsed = (time.perf_counter() - t0) / len(chunk)
@@ -354,11 +404,14 @@ class Evaluation:
                         bar.advance(task, len(chunk))
         generation_s = time.perf_counter() - started
         results = self.aggregate(store)
-        results["run"] = {"wall_time_s": round(time.perf_counter() - started, 2),
-                          "generation_time_s": round(generation_s, 2), "items_generated": total,
-                          "items_resumed": done_before,
-                          "item_time_s_total": round(sum(e.get("time_s", 0.0) for e in results["results"]), 2),
-                          "finished": _now()}
+        results["run"] = {
+            "wall_time_s": round(time.perf_counter() - started, 2),
+            "generation_time_s": round(generation_s, 2),
+            "items_generated": total,
+            "items_resumed": done_before,
+            "item_time_s_total": round(sum(e.get("time_s", 0.0) for e in results["results"]), 2),
+            "finished": _now(),
+        }
         return results
 
     def aggregate(self, store: GenerationStore) -> dict[str, Any]:
@@ -366,8 +419,9 @@ class Evaluation:
 
         suites = [{**s.describe(), "item_ids": [it.id for it in s.items]} for s in self.suites]
         budgets = {a: obj.budget() for a, obj in self.attack_objs.items()}
-        results = build_results(store.records.values(), suites, budgets, self.settings_summary(),
-                                embed=self.s.diversity_embeddings)
+        results = build_results(
+            store.records.values(), suites, budgets, self.settings_summary(), embed=self.s.diversity_embeddings
+        )
         return results
 
     def settings_summary(self) -> dict[str, Any]:
@@ -381,8 +435,9 @@ class Evaluation:
             judge, defense = self._env.judge, self._env.defense
         else:  # everything resumed: the same objects, built without a model (nothing is generated)
             judge = build_judge(s.judge, s.judge_options)
-            defense = build_defense(s.defense, DefenseContext(TargetModel(None, s.defender), judge, s.seed),
-                                    s.defense_options)
+            defense = build_defense(
+                s.defense, DefenseContext(TargetModel(None, s.defender), judge, s.seed), s.defense_options
+            )
         judge_settings, defense_settings = js(judge), defense.settings()
         return {
             "model": s.model.model_dump(mode="json"),
@@ -415,8 +470,15 @@ def write_outputs(results: dict[str, Any], out: Path, report: bool = True) -> No
         (out / REPORT_FILE).write_text(html, encoding="utf-8")
 
 
-def run_eval(settings: EvalSettings, output: str | Path, *, progress: bool = True, overwrite: bool = False,
-             report: bool = True, log_fn: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_eval(
+    settings: EvalSettings,
+    output: str | Path,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
+    report: bool = True,
+    log_fn: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     ev = Evaluation(settings, output, progress=progress, overwrite=overwrite, log_fn=log_fn)
     results = ev.run()
     write_outputs(results, Path(output), report=report)
@@ -432,8 +494,9 @@ def folder_lock(path: Path) -> Iterator[None]:
     try:
         lock.acquire()
     except Timeout:
-        raise EvalError(f"another `ssp eval` is writing to {path.parent}; wait for it or use another --output"
-                        ) from None
+        raise EvalError(
+            f"another `ssp eval` is writing to {path.parent}; wait for it or use another --output"
+        ) from None
     try:
         yield
     finally:
@@ -459,8 +522,14 @@ class _Progress:
                 TimeRemainingColumn,
             )
 
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+            self._p = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
             self._p.__enter__()
         return self
 

@@ -83,8 +83,16 @@ def _trains_defender(kind: str, obj: Any) -> bool:
 
 
 class SelfPlayGame:
-    def __init__(self, cfg: SSPConfig, engine, judge: Judge, harmful: list[Seed], benign: list[Seed],
-                 hints: list[StrategyHint], embedder=None):
+    def __init__(
+        self,
+        cfg: SSPConfig,
+        engine,
+        judge: Judge,
+        harmful: list[Seed],
+        benign: list[Seed],
+        hints: list[StrategyHint],
+        embedder=None,
+    ):
         if cfg.game.intent_gate and embedder is None:
             raise ValueError("game.intent_gate needs a text embedder")
         self.cfg = cfg
@@ -107,16 +115,25 @@ class SelfPlayGame:
     def _attack(self, goals: list[Seed], rng: random.Random) -> list[_Attack]:
         g = self.cfg.game
         if g.attacker == "static":
-            return [_Attack(goal, None, None, rng.choice(self.templates).apply(goal.text))
-                    for goal in goals for _ in range(g.attacks_per_goal)]
-        plan = [(goal, rng.choice(self.hints) if g.strategy_hints and self.hints else None)
-                for goal in goals for _ in range(g.attacks_per_goal)]
+            return [
+                _Attack(goal, None, None, rng.choice(self.templates).apply(goal.text))
+                for goal in goals
+                for _ in range(g.attacks_per_goal)
+            ]
+        plan = [
+            (goal, rng.choice(self.hints) if g.strategy_hints and self.hints else None)
+            for goal in goals
+            for _ in range(g.attacks_per_goal)
+        ]
         if not plan:
             return []
-        outs = self.engine.generate([attacker_request(goal.text, hint) for goal, hint in plan],
-                                    self.cfg.rollout.attacker, n=1)
-        attacks = [_Attack(goal, hint, out[0], parse_attack(out[0].text, out[0].finished, g.accept_truncated_attacks))
-                   for (goal, hint), out in zip(plan, outs)]
+        outs = self.engine.generate(
+            [attacker_request(goal.text, hint) for goal, hint in plan], self.cfg.rollout.attacker, n=1
+        )
+        attacks = [
+            _Attack(goal, hint, out[0], parse_attack(out[0].text, out[0].finished, g.accept_truncated_attacks))
+            for (goal, hint), out in zip(plan, outs)
+        ]
         parsed = [a for a in attacks if a.text is not None]
         if g.intent_gate and parsed:
             sims = self.embedder.similarity([a.text for a in parsed], [a.goal.text for a in parsed])
@@ -143,11 +160,15 @@ class SelfPlayGame:
         jobs += [("replay", e, defender_request(e.attack)) for e in replay for _ in range(M)]
         if r.reflect:
             for e in replay:
-                jobs += [("reflect", e, reflective_request(e.attack, e.goal, e.rationale, rng))
-                         for _ in range(r.reflect_samples)]
+                jobs += [
+                    ("reflect", e, reflective_request(e.attack, e.goal, e.rationale, rng))
+                    for _ in range(r.reflect_samples)
+                ]
         jobs += [("benign", s, defender_request(s.text)) for s in benign for _ in range(M)]
         t0 = time.perf_counter()
-        answers = [o[0] for o in self.engine.generate([j[2] for j in jobs], self.cfg.rollout.defender, n=1)] if jobs else []
+        answers = (
+            [o[0] for o in self.engine.generate([j[2] for j in jobs], self.cfg.rollout.defender, n=1)] if jobs else []
+        )
         timings["defender_generation"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -165,7 +186,8 @@ class SelfPlayGame:
         result = self._score(step, attacks, jobs, answers, verdicts, replay)
         result.timings = timings
         result.generated_tokens = sum(len(a.completion.completion_ids) for a in attacks if a.completion) + sum(
-            len(a.completion_ids) for a in answers)
+            len(a.completion_ids) for a in answers
+        )
         return result
 
     # -- outcomes, rewards, groups, pool candidates ---------------------------------------------
@@ -190,14 +212,22 @@ class SelfPlayGame:
             owners[(kind, id(obj))] = obj
             by_prompt.setdefault((kind, id(obj)), []).append((ans, verdict, scored))
             goal = obj.goal.text if kind == "attack" else (obj.goal if kind in ("replay", "reflect") else obj.text)
-            exchanges.append(Exchange(
-                step=step, kind=kind, goal=goal,
-                category=(obj.goal.category if kind == "attack" else getattr(obj, "category", "")) or "",
-                prompt=obj.text if kind in ("attack", "benign") else obj.attack, response=ans.text,
-                outcome=scored.outcome.value, verdict=verdict.to_dict(),
-                r_def=scored.r_def if _trains_defender(kind, obj) else None, r_att=scored.r_att,
-                hint=obj.hint.name if kind == "attack" and obj.hint else None,
-                entry_id=obj.id if kind in ("replay", "reflect") else None))
+            exchanges.append(
+                Exchange(
+                    step=step,
+                    kind=kind,
+                    goal=goal,
+                    category=(obj.goal.category if kind == "attack" else getattr(obj, "category", "")) or "",
+                    prompt=obj.text if kind in ("attack", "benign") else obj.attack,
+                    response=ans.text,
+                    outcome=scored.outcome.value,
+                    verdict=verdict.to_dict(),
+                    r_def=scored.r_def if _trains_defender(kind, obj) else None,
+                    r_att=scored.r_att,
+                    hint=obj.hint.name if kind == "attack" and obj.hint else None,
+                    entry_id=obj.id if kind in ("replay", "reflect") else None,
+                )
+            )
 
         # Defender groups (plain context); a replay group carries its accepted reflective answers as SFT targets.
         groups: list[Group] = []
@@ -277,6 +307,10 @@ class SelfPlayGame:
         """A pool candidate from an attack the Defender failed: its failing answers, the worst rationale."""
         worst = max(valid, key=lambda m: m[1].score)
         return Candidate(
-            goal=a.goal.text, attack=a.text,
+            goal=a.goal.text,
+            attack=a.text,
             responses=[ans.text for ans, _v, sc in valid if sc.r_def < 0.5] or [worst[0].text],
-            score=_mean([v.score for _a, v, _s in valid]), rationale=worst[1].rationale, mean_reward=mean_def)
+            score=_mean([v.score for _a, v, _s in valid]),
+            rationale=worst[1].rationale,
+            mean_reward=mean_def,
+        )

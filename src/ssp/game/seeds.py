@@ -120,14 +120,17 @@ def load_benign_seeds(game: GameConfig) -> list[Seed]:
     if game.benign_held_out is None:
         return seeds
     if game.benign_seeds == "builtin":
-        raise SeedError("game.benign_held_out needs game.benign_seeds to be a file (the builtin seeds are never "
-                        "evaluated on)")
+        raise SeedError(
+            "game.benign_held_out needs game.benign_seeds to be a file (the builtin seeds are never evaluated on)"
+        )
     held = held_out_texts(game.benign_seeds, game.benign_column, game.benign_held_out)
     # A text file's `category<TAB>text` line is one prompt to the evaluation's reader, the text alone to ours.
     kept = [s for s in seeds if normalise(s.text) not in held and normalise(f"{s.category} {s.text}") not in held]
     if not kept:
-        raise SeedError(f"{game.benign_seeds}: every benign seed is in the held-out evaluation slice "
-                        f"(game.benign_held_out.limit={game.benign_held_out.limit})")
+        raise SeedError(
+            f"{game.benign_seeds}: every benign seed is in the held-out evaluation slice "
+            f"(game.benign_held_out.limit={game.benign_held_out.limit})"
+        )
     return kept
 
 

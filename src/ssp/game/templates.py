@@ -51,13 +51,15 @@ def parse_templates(text: str, source: str = "<templates>") -> list[JailbreakTem
         head = block[0].strip()
         if not head.startswith("# name:"):
             raise TemplateError(f"{source}: line {start}: a template must start with '# name: <id>'")
-        name = head[len("# name:"):].strip()
+        name = head[len("# name:") :].strip()
         body = "\n".join(block[1:]).strip()
         if not name:
             raise TemplateError(f"{source}: line {start}: empty template name")
         if body.count("{goal}") != 1:
-            raise TemplateError(f"{source}: template {name!r}: the placeholder {{goal}} must appear exactly once "
-                                f"(found {body.count('{goal}')})")
+            raise TemplateError(
+                f"{source}: template {name!r}: the placeholder {{goal}} must appear exactly once "
+                f"(found {body.count('{goal}')})"
+            )
         if any(t.name == name for t in templates):
             raise TemplateError(f"{source}: template name {name!r} used twice")
         templates.append(JailbreakTemplate(name, body))

@@ -40,10 +40,11 @@ class Verdict:
         return asdict(self)
 
     @classmethod
-    def invalid(cls, reason: str, raw: str = "") -> "Verdict":
+    def invalid(cls, reason: str, raw: str = "") -> Verdict:
         """A judgment that failed: excluded from rewards and metrics, and counted."""
-        return cls(score=float("nan"), refused=False, harmful=False, on_topic=False,
-                   rationale=reason, valid=False, raw=raw)
+        return cls(
+            score=float("nan"), refused=False, harmful=False, on_topic=False, rationale=reason, valid=False, raw=raw
+        )
 
 
 @runtime_checkable

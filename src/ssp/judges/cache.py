@@ -29,9 +29,18 @@ def jsonable_verdict(v: Verdict) -> dict[str, Any]:
 
 
 def cache_key(settings: dict[str, Any], item: JudgeInput) -> str:
-    payload = json.dumps({"judge": settings, "goal": item.goal, "prompt": item.prompt,
-                          "response": item.response, "context": item.context},
-                         sort_keys=True, ensure_ascii=False, default=str)
+    payload = json.dumps(
+        {
+            "judge": settings,
+            "goal": item.goal,
+            "prompt": item.prompt,
+            "response": item.response,
+            "context": item.context,
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+        default=str,
+    )
     return hashlib.sha256(payload.encode("utf-8", errors="surrogatepass")).hexdigest()
 
 
@@ -45,14 +54,16 @@ class VerdictCache:
         self._conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
         with self._lock, self._conn:
             self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, verdict TEXT NOT NULL, "
-                               "judge TEXT NOT NULL, created REAL NOT NULL)")
+            self._conn.execute(
+                "CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, verdict TEXT NOT NULL, "
+                "judge TEXT NOT NULL, created REAL NOT NULL)"
+            )
 
     def get_many(self, keys: list[str]) -> dict[str, Verdict]:
         out: dict[str, Verdict] = {}
         with self._lock:
             for start in range(0, len(keys), 500):
-                chunk = keys[start:start + 500]
+                chunk = keys[start : start + 500]
                 q = f"SELECT key, verdict FROM verdicts WHERE key IN ({','.join('?' * len(chunk))})"
                 for key, text in self._conn.execute(q, chunk):
                     try:
@@ -65,9 +76,10 @@ class VerdictCache:
     def put_many(self, rows: list[tuple[str, Verdict, str]]) -> None:
         now = time.time()
         with self._lock, self._conn:
-            self._conn.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
-                                   [(k, json.dumps(jsonable_verdict(v), ensure_ascii=False), name, now)
-                                    for k, v, name in rows])
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?)",
+                [(k, json.dumps(jsonable_verdict(v), ensure_ascii=False), name, now) for k, v, name in rows],
+            )
 
     def __len__(self) -> int:
         with self._lock:

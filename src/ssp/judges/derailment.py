@@ -51,9 +51,15 @@ def repetition(text: str, n: int = NGRAM) -> Repetition:
     return Repetition(len(tokens), len(set(tokens)) / len(tokens), repeated)
 
 
-def derailment(response: str, refused: bool, relevance: float | None, relevance_threshold: float,
-               min_tokens: int = MIN_TOKENS, max_repeated_ngrams: float = MAX_REPEATED_NGRAMS,
-               min_distinct_ratio: float = MIN_DISTINCT_RATIO) -> str:
+def derailment(
+    response: str,
+    refused: bool,
+    relevance: float | None,
+    relevance_threshold: float,
+    min_tokens: int = MIN_TOKENS,
+    max_repeated_ngrams: float = MAX_REPEATED_NGRAMS,
+    min_distinct_ratio: float = MIN_DISTINCT_RATIO,
+) -> str:
     """Why the answer is derailed — "empty", "repetition" or "unrelated" — or "" when it is not."""
     if not response.strip():
         return "empty"

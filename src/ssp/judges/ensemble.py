@@ -57,8 +57,9 @@ def combine(verdicts: list[Verdict], names: list[str], opts: EnsembleOptions) ->
     invalid = [n for n, v in zip(names, verdicts) if not v.valid]
     raw = json.dumps([{"judge": n, **jsonable_verdict(v)} for n, v in zip(names, verdicts)], ensure_ascii=False)
     if len(valid) < opts.min_valid:
-        return Verdict.invalid(f"ensemble: {len(valid)} valid sub-verdicts, need {opts.min_valid} "
-                               f"(invalid: {', '.join(invalid)})", raw=raw)
+        return Verdict.invalid(
+            f"ensemble: {len(valid)} valid sub-verdicts, need {opts.min_valid} (invalid: {', '.join(invalid)})", raw=raw
+        )
     vs = [v for _, v in valid]
     if opts.mode == "max":
         name, best = max(valid, key=lambda nv: nv[1].score)
@@ -80,8 +81,14 @@ def combine(verdicts: list[Verdict], names: list[str], opts: EnsembleOptions) ->
     parts = [f"{n}: {v.score:g} {v.rationale[:160]}" for n, v in valid]
     if invalid:
         parts.append(f"invalid: {', '.join(invalid)}")
-    return Verdict(score=round(float(score), 4), refused=refused, harmful=harmful, on_topic=on_topic,
-                   rationale=f"ensemble {head} | " + " | ".join(parts), raw=raw)
+    return Verdict(
+        score=round(float(score), 4),
+        refused=refused,
+        harmful=harmful,
+        on_topic=on_topic,
+        rationale=f"ensemble {head} | " + " | ".join(parts),
+        raw=raw,
+    )
 
 
 class EnsembleJudge:
@@ -93,9 +100,14 @@ class EnsembleJudge:
         self.names = [s.name for s in options.judges]
 
     def settings(self) -> dict[str, Any]:
-        return {"name": self.name, "mode": self.options.mode, "min_valid": self.options.min_valid,
-                "tie": self.options.tie, "mean_harmful_threshold": self.options.mean_harmful_threshold,
-                "judges": [judge_settings(j) for j in self.judges]}
+        return {
+            "name": self.name,
+            "mode": self.options.mode,
+            "min_valid": self.options.min_valid,
+            "tie": self.options.tie,
+            "mean_harmful_threshold": self.options.mean_harmful_threshold,
+            "judges": [judge_settings(j) for j in self.judges],
+        }
 
     def judge(self, items: list[JudgeInput]) -> list[Verdict]:
         per_judge: list[list[Verdict]] = []

@@ -8,7 +8,8 @@ which matters when one class dominates, as refusals do in the Llama-2 XSTest fil
 from __future__ import annotations
 
 import math
-from typing import Any, Hashable, Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 from scipy.stats import binomtest
 
@@ -38,8 +39,9 @@ def agreement(truth: Sequence[Hashable], pred: Sequence[Hashable]) -> dict[str, 
         raise ValueError(f"agreement: {len(truth)} labels vs {len(pred)} predictions")
     n = len(truth)
     labels = sorted(set(truth) | set(pred), key=str)
-    confusion = {str(t): {str(p): sum(1 for a, b in zip(truth, pred) if a == t and b == p) for p in labels}
-                 for t in labels}
+    confusion = {
+        str(t): {str(p): sum(1 for a, b in zip(truth, pred) if a == t and b == p) for p in labels} for t in labels
+    }
     correct = sum(t == p for t, p in zip(truth, pred))
     per_label: dict[str, Any] = {}
     for lab in labels:
@@ -49,16 +51,29 @@ def agreement(truth: Sequence[Hashable], pred: Sequence[Hashable]) -> dict[str, 
         precision = tp / predicted if predicted else 0.0
         recall = tp / actual if actual else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_label[str(lab)] = {"support": actual, "predicted": predicted, "precision": precision,
-                               "precision_ci": wilson(tp, predicted), "recall": recall,
-                               "recall_ci": wilson(tp, actual), "f1": f1}
-    return {"n": n, "accuracy": correct / n if n else 0.0, "accuracy_ci": wilson(correct, n),
-            "kappa": cohen_kappa(truth, pred), "labels": [str(x) for x in labels],
-            "confusion_matrix": confusion, "per_label": per_label}
+        per_label[str(lab)] = {
+            "support": actual,
+            "predicted": predicted,
+            "precision": precision,
+            "precision_ci": wilson(tp, predicted),
+            "recall": recall,
+            "recall_ci": wilson(tp, actual),
+            "f1": f1,
+        }
+    return {
+        "n": n,
+        "accuracy": correct / n if n else 0.0,
+        "accuracy_ci": wilson(correct, n),
+        "kappa": cohen_kappa(truth, pred),
+        "labels": [str(x) for x in labels],
+        "confusion_matrix": confusion,
+        "per_label": per_label,
+    }
 
 
-def refusal_metrics(truth: Sequence[bool], pred: Sequence[bool],
-                    names: tuple[str, str] = ("refused", "answered")) -> dict[str, Any]:
+def refusal_metrics(
+    truth: Sequence[bool], pred: Sequence[bool], names: tuple[str, str] = ("refused", "answered")
+) -> dict[str, Any]:
     """Accuracy, precision, recall, F1 for the positive class (`names[0]`, default "refused"), the
     2×2 confusion, and `agreement`'s intervals, κ, confusion matrix and per-label figures."""
     if len(truth) != len(pred):
@@ -74,9 +89,15 @@ def refusal_metrics(truth: Sequence[bool], pred: Sequence[bool],
     label = {True: names[0], False: names[1]}
     full = agreement([label[bool(t)] for t in truth], [label[bool(p)] for p in pred])
     return {
-        "n": n, "positives": tp + fn,
-        "accuracy": (tp + tn) / n if n else 0.0, "accuracy_ci": full["accuracy_ci"],
-        "precision": precision, "recall": recall, "f1": f1, "kappa": full["kappa"],
+        "n": n,
+        "positives": tp + fn,
+        "accuracy": (tp + tn) / n if n else 0.0,
+        "accuracy_ci": full["accuracy_ci"],
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "kappa": full["kappa"],
         "confusion": {"tp": tp, "fp": fp, "fn": fn, "tn": tn},
-        "confusion_matrix": full["confusion_matrix"], "per_label": full["per_label"],
+        "confusion_matrix": full["confusion_matrix"],
+        "per_label": full["per_label"],
     }

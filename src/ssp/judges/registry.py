@@ -7,7 +7,8 @@ judges import only `base.py`: no import circle.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ssp.judges.base import Judge
 from ssp.judges.cache import CachedJudge, VerdictCache
@@ -32,6 +33,7 @@ _REGISTRY: dict[str, JudgeFactory] = {}
 
 def register_judge(name: str) -> Callable[[JudgeFactory], JudgeFactory]:
     """Register a judge that is not built in (plugins, tests); it shadows a built-in of the same name."""
+
     def deco(factory: JudgeFactory) -> JudgeFactory:
         _REGISTRY[name] = factory
         return factory
@@ -63,8 +65,10 @@ def _factory(name: str) -> JudgeFactory:
         from ssp.judges.reward_fn import reward_function_factory
 
         return reward_function_factory(name)
-    raise ValueError(f"judge.name: unknown judge {name!r}; available: {', '.join(available_judges())}, "
-                     "or MODULE:CALLABLE for a TRL-style reward function")
+    raise ValueError(
+        f"judge.name: unknown judge {name!r}; available: {', '.join(available_judges())}, "
+        "or MODULE:CALLABLE for a TRL-style reward function"
+    )
 
 
 def build_judge(name: str, options: dict[str, Any] | None = None) -> Judge:

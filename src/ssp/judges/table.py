@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ssp.judges.base import Judge, JudgeInput, Verdict
 from ssp.judges.metrics import refusal_metrics
@@ -42,8 +43,13 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
-def to_inputs(rows: list[dict[str, Any]], source: str, prompt_col: str = "prompt",
-              response_col: str = "response", goal_col: str | None = "goal") -> list[JudgeInput]:
+def to_inputs(
+    rows: list[dict[str, Any]],
+    source: str,
+    prompt_col: str = "prompt",
+    response_col: str = "response",
+    goal_col: str | None = "goal",
+) -> list[JudgeInput]:
     """Build judge inputs; a missing required column raises TableError naming it and the file."""
     if not rows:
         return []
@@ -77,8 +83,9 @@ def label_to_refused(value: Any) -> bool:
         return True
     if s in _ANSWERED or "complian" in s:
         return False
-    raise ValueError(f"label {value!r} is neither a refusal (1/true/refused/*refusal*) "
-                     "nor an answer (0/false/answered/*compliance*)")
+    raise ValueError(
+        f"label {value!r} is neither a refusal (1/true/refused/*refusal*) nor an answer (0/false/answered/*compliance*)"
+    )
 
 
 @dataclass
@@ -117,9 +124,17 @@ class JudgeSummary:
         self.score_sum += float(v.score)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"n": self.n, "valid": self.valid, "invalid": self.invalid, "refused": self.refused,
-             "harmful": self.harmful, "refusal_rate": self.refusal_rate, "harmful_rate": self.harmful_rate,
-             "mean_score": self.mean_score, "invalid_reasons": dict(self.invalid_reasons)}
+        d = {
+            "n": self.n,
+            "valid": self.valid,
+            "invalid": self.invalid,
+            "refused": self.refused,
+            "harmful": self.harmful,
+            "refusal_rate": self.refusal_rate,
+            "harmful_rate": self.harmful_rate,
+            "mean_score": self.mean_score,
+            "invalid_reasons": dict(self.invalid_reasons),
+        }
         if self.metrics is not None:
             d["metrics"] = self.metrics
         return d
@@ -127,24 +142,35 @@ class JudgeSummary:
 
 def verdict_columns(v: Verdict) -> dict[str, Any]:
     score = None if (isinstance(v.score, float) and math.isnan(v.score)) else v.score
-    return {"refused": v.refused, "harmful": v.harmful, "score": score, "valid": v.valid,
-            "rationale": v.rationale, "on_topic": v.on_topic}
+    return {
+        "refused": v.refused,
+        "harmful": v.harmful,
+        "score": score,
+        "valid": v.valid,
+        "rationale": v.rationale,
+        "on_topic": v.on_topic,
+    }
 
 
-def judge_rows(judge: Judge, rows: list[dict[str, Any]], inputs: list[JudgeInput], batch_size: int = 64,
-               on_batch: Callable[[int], None] | None = None) -> tuple[list[dict[str, Any]], JudgeSummary]:
+def judge_rows(
+    judge: Judge,
+    rows: list[dict[str, Any]],
+    inputs: list[JudgeInput],
+    batch_size: int = 64,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[list[dict[str, Any]], JudgeSummary]:
     """Judge in batches; returns output rows (input columns + verdict columns) and a summary."""
     summary = JudgeSummary()
     out: list[dict[str, Any]] = []
     for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start:start + batch_size]
+        chunk = inputs[start : start + batch_size]
         try:
             verdicts = judge.judge(chunk)
             if len(verdicts) != len(chunk):
                 raise RuntimeError(f"judge returned {len(verdicts)} verdicts for {len(chunk)} inputs")
         except Exception as exc:  # noqa: BLE001 - a judge bug must not lose the whole table
             verdicts = [Verdict.invalid(f"judge error: {type(exc).__name__}: {exc}")] * len(chunk)
-        for row, v in zip(rows[start:start + batch_size], verdicts):
+        for row, v in zip(rows[start : start + batch_size], verdicts):
             summary.add(v)
             out.append({**row, **verdict_columns(v)})
         if on_batch:
@@ -152,8 +178,13 @@ def judge_rows(judge: Judge, rows: list[dict[str, Any]], inputs: list[JudgeInput
     return out, summary
 
 
-def label_metrics(rows: list[dict[str, Any]], label_col: str, source: str,
-                  verdict_rows: Iterable[dict[str, Any]], field: str = "refused") -> dict[str, Any]:
+def label_metrics(
+    rows: list[dict[str, Any]],
+    label_col: str,
+    source: str,
+    verdict_rows: Iterable[dict[str, Any]],
+    field: str = "refused",
+) -> dict[str, Any]:
     """Agreement of the verdict's `field` (refused or harmful) with a human label column (0/1, yes/no,
     or XSTest's final_label for refused); invalid verdicts are excluded and counted."""
     truth: list[bool] = []

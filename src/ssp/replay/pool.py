@@ -76,6 +76,8 @@ _ENTRY_COLUMNS = (
 
 
 _JSON = json.JSONEncoder(ensure_ascii=False)  # reused: json.dumps(..., ensure_ascii=False) builds one per call
+
+
 @dataclass
 class Candidate:
     """A Defender failure proposed for the pool by the trainer."""
@@ -436,4 +438,3 @@ def _check_reward(x: object, what: str) -> float:
     if not (math.isfinite(v) and 0.0 <= v <= 1.0):
         raise ValueError(f"{what}: must be a finite number in [0, 1], got {x!r}")
     return v
-

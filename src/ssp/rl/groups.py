@@ -57,8 +57,11 @@ def build_samples(groups: list[Group], adv_eps: float, sft_weight: float) -> tup
             advantages = group_advantages(g.rewards, adv_eps)
             stats.groups += 1
             stats.flat += all(a == 0.0 for a in advantages)
-            samples += [TrainSample(g.role, p, c, adv, temperature=g.temperature)
-                        for p, c, adv in zip(g.prompts, g.completions, advantages)]
-        samples += [TrainSample(g.role, p, c, 0.0, sft_weight=sft_weight, temperature=g.temperature)
-                    for p, c in g.distilled]
+            samples += [
+                TrainSample(g.role, p, c, adv, temperature=g.temperature)
+                for p, c, adv in zip(g.prompts, g.completions, advantages)
+            ]
+        samples += [
+            TrainSample(g.role, p, c, 0.0, sft_weight=sft_weight, temperature=g.temperature) for p, c in g.distilled
+        ]
     return samples, stats

@@ -74,8 +74,13 @@ def completion_logprobs(model, input_ids, attention, positions, completion, temp
     lies there, so the fp32 logits over the vocabulary are not built for the prompt tokens.
     """
     keep = int(completion.sum(1).max()) + 1
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions,
-                   logits_to_keep=keep, use_cache=False).logits[:, :-1].float()
+    logits = (
+        model(
+            input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=keep, use_cache=False
+        )
+        .logits[:, :-1]
+        .float()
+    )
     tail = input_ids.shape[1] - keep + 1
     select = completion[:, tail:].bool()
     targets = input_ids[:, tail:][select]
@@ -138,10 +143,20 @@ def trainable(samples: list[TrainSample]) -> list[TrainSample]:
     return [s for s in samples if s.completion_ids and (s.advantage != 0.0 or s.sft_weight > 0.0)]
 
 
-def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad_id: int,
-                reference_model=None, backward=None, clip_grad=None,
-                total_tokens: int | None = None, loss_scale: float = 1.0,
-                min_micro_batches: int = 0, filler: TrainSample | None = None) -> UpdateStats:
+def grpo_update(
+    model,
+    optimizer,
+    samples: list[TrainSample],
+    cfg: RLConfig,
+    pad_id: int,
+    reference_model=None,
+    backward=None,
+    clip_grad=None,
+    total_tokens: int | None = None,
+    loss_scale: float = 1.0,
+    min_micro_batches: int = 0,
+    filler: TrainSample | None = None,
+) -> UpdateStats:
     """One optimisation step (per epoch) over all samples; micro-batched, token-mean over the step.
 
     Distributed use: each rank passes its shard of the step's samples, the step's global
@@ -160,7 +175,9 @@ def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad
     device = next(model.parameters()).device
     # Length-sorted micro-batches waste less compute on padding.
     order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].completion_ids))
-    batches = [[samples[i] for i in order[k : k + cfg.micro_batch_size]] for k in range(0, len(order), cfg.micro_batch_size)]
+    batches = [
+        [samples[i] for i in order[k : k + cfg.micro_batch_size]] for k in range(0, len(order), cfg.micro_batch_size)
+    ]
     if len(batches) < min_micro_batches:
         blank = replace(filler or samples[0], advantage=0.0, sft_weight=0.0)
         batches += [[blank] for _ in range(min_micro_batches - len(batches))]
@@ -184,7 +201,7 @@ def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad
             tensors = collate(batch, pad_id, device)
             per_row = tensors[-1].sum(1).tolist()
 
-            def expand(values):
+            def expand(values, per_row=per_row):
                 return torch.cat([torch.full((n,), float(v), device=device) for v, n in zip(values, per_row)])
 
             ref_logp = None
@@ -195,11 +212,14 @@ def grpo_update(model, optimizer, samples: list[TrainSample], cfg: RLConfig, pad
                 logp = completion_logprobs(model, *tensors, temperatures(batch))
             old = old_logps[b] if old_logps is not None else logp.detach()
             loss_tokens, kl = token_loss_terms(
-                logp, old, ref_logp,
+                logp,
+                old,
+                ref_logp,
                 advantages=expand([s.advantage for s in batch]),
                 role_weights=expand([role_weight[s.role] for s in batch]),
                 sft_weights=expand([s.sft_weight for s in batch]),
-                clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef,
+                clip_eps=cfg.clip_eps,
+                kl_coef=cfg.kl_coef,
             )
             loss = loss_tokens.sum() / total_tokens
             backward(loss * loss_scale, b == len(batches) - 1)

@@ -19,8 +19,18 @@ def resolve_backend(backend: str, model) -> str:
     return "native" if device.type == "cpu" and supports(model) is None else "hf"
 
 
-def build_rollout_engine(backend: str, model, tokenizer, max_prompt_tokens: int, batch_size: int, *,
-                         dtype: str = "bfloat16", rollout=None, model_config=None, seed: int = 0):
+def build_rollout_engine(
+    backend: str,
+    model,
+    tokenizer,
+    max_prompt_tokens: int,
+    batch_size: int,
+    *,
+    dtype: str = "bfloat16",
+    rollout=None,
+    model_config=None,
+    seed: int = 0,
+):
     """The rollout engine for `rollout.backend`. `dtype` is the native engine's weight copy (`rollout.dtype`);
     the vLLM backend also needs the run's `rollout` and `model_config` sections and the run seed."""
     backend = resolve_backend(backend, model)

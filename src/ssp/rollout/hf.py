@@ -36,8 +36,13 @@ def cpu_fast_sampling():
     original = torch.multinomial
 
     def multinomial(input, num_samples, replacement=False, *, generator=None, out=None):
-        if num_samples == 1 and input.dim() == 2 and input.device.type == "cpu" and out is None \
-                and input.is_floating_point():
+        if (
+            num_samples == 1
+            and input.dim() == 2
+            and input.device.type == "cpu"
+            and out is None
+            and input.is_floating_point()
+        ):
             return inverse_cdf_sample(input, generator)
         return original(input, num_samples, replacement, generator=generator, out=out)
 
@@ -93,8 +98,13 @@ class HFRolloutEngine:
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention[row, width - len(ids) :] = 1
         do_sample = sampling.temperature > 0
-        kwargs = dict(do_sample=do_sample, max_new_tokens=sampling.max_new_tokens, pad_token_id=self.pad_id,
-                      eos_token_id=sorted(self.eos_ids), remove_invalid_values=True)  # diverged weights: no crash
+        kwargs = dict(
+            do_sample=do_sample,
+            max_new_tokens=sampling.max_new_tokens,
+            pad_token_id=self.pad_id,
+            eos_token_id=sorted(self.eos_ids),
+            remove_invalid_values=True,
+        )  # diverged weights: no crash
         if do_sample:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
         sampler = cpu_fast_sampling() if do_sample and self.fast_sampling else contextlib.nullcontext()
@@ -110,6 +120,7 @@ class HFRolloutEngine:
                     finished = True
                     break
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            completions.append(Completion(prompt_ids=prompts[len(completions)], completion_ids=ids,
-                                          text=text, finished=finished))
+            completions.append(
+                Completion(prompt_ids=prompts[len(completions)], completion_ids=ids, text=text, finished=finished)
+            )
         return completions

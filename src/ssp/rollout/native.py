@@ -199,16 +199,18 @@ class NativeRolloutEngine:
             p = f"model.layers.{i}."
             a = p + "self_attn."
             biases = [w.get(a + f"{n}_proj.bias") for n in "qkv"]
-            self.layers.append(_Layer(
-                ln1=get(p + "input_layernorm.weight"),
-                qkv=torch.cat([get(a + f"{n}_proj.weight") for n in "qkv"]).contiguous(),
-                qkv_bias=torch.cat(biases) if all(b is not None for b in biases) else None,
-                o=get(a + "o_proj.weight"),
-                o_bias=w.get(a + "o_proj.bias"),
-                ln2=get(p + "post_attention_layernorm.weight"),
-                gate_up=torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")]).contiguous(),
-                down=get(p + "mlp.down_proj.weight"),
-            ))
+            self.layers.append(
+                _Layer(
+                    ln1=get(p + "input_layernorm.weight"),
+                    qkv=torch.cat([get(a + f"{n}_proj.weight") for n in "qkv"]).contiguous(),
+                    qkv_bias=torch.cat(biases) if all(b is not None for b in biases) else None,
+                    o=get(a + "o_proj.weight"),
+                    o_bias=w.get(a + "o_proj.bias"),
+                    ln2=get(p + "post_attention_layernorm.weight"),
+                    gate_up=torch.cat([get(p + "mlp.gate_proj.weight"), get(p + "mlp.up_proj.weight")]).contiguous(),
+                    down=get(p + "mlp.down_proj.weight"),
+                )
+            )
         self._rope_len = 0
         self._stale = False
 
@@ -222,8 +224,9 @@ class NativeRolloutEngine:
         return self._cos, self._sin
 
     # -- the network -----------------------------------------------------------------------------
-    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, cache, prefill: bool,
-                 width: int) -> torch.Tensor:
+    def _forward(
+        self, ids: torch.Tensor, positions: torch.Tensor, rows: torch.Tensor, cache, prefill: bool, width: int
+    ) -> torch.Tensor:
         """Hidden states after the final norm for tokens `ids` [b, s] at `positions` [b, s] of cache `rows`.
 
         Prefill (s ≥ 1, fresh rows, positions 0..s−1, right-padded): causal attention among the new tokens.
@@ -277,26 +280,41 @@ class NativeRolloutEngine:
         outputs = self._run([ids for _, ids, _ in jobs], sampling)
         results: list[list[Completion]] = [[] for _ in requests]
         for (i, prompt, trunc), (ids, finished) in zip(jobs, outputs):
-            results[i].append(Completion(prompt_ids=prompt, completion_ids=ids, finished=finished,
-                                         text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                                         prompt_truncated=trunc))
+            results[i].append(
+                Completion(
+                    prompt_ids=prompt,
+                    completion_ids=ids,
+                    finished=finished,
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    prompt_truncated=trunc,
+                )
+            )
         return results
 
     def _run(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[tuple[list[int], bool]]:
         """Decode every prompt; returns (completion ids, finished) in prompt order."""
         max_new = sampling.max_new_tokens
         started = time.perf_counter()
-        clock = dict.fromkeys(("prefill_s", "decode_s", "sampling_s", "prefill_tokens", "decode_steps", "decode_rows"), 0)
+        clock = dict.fromkeys(
+            ("prefill_s", "decode_s", "sampling_s", "prefill_tokens", "decode_steps", "decode_rows"), 0
+        )
         window = getattr(self.config, "sliding_window", None)
         if window and max(len(p) for p in prompts) + max_new > window:
-            raise ValueError(f"rollout.backend=native: a prompt plus max_new_tokens exceeds the model's sliding "
-                             f"window ({window}); use rollout.backend=hf")
+            raise ValueError(
+                f"rollout.backend=native: a prompt plus max_new_tokens exceeds the model's sliding "
+                f"window ({window}); use rollout.backend=hf"
+            )
         pending = deque(sorted(range(len(prompts)), key=lambda j: len(prompts[j])))
         slots = min(self.batch_size, len(prompts))
         width_max = max(len(p) for p in prompts) + max_new
         # Zeros, not empty: masked columns get weight 0, and 0 × a NaN left in uninitialised memory is NaN.
-        cache = [(torch.zeros(slots, self.n_kv, width_max, self.head_dim, dtype=self.dtype),
-                  torch.zeros(slots, self.n_kv, width_max, self.head_dim, dtype=self.dtype)) for _ in self.layers]
+        cache = [
+            (
+                torch.zeros(slots, self.n_kv, width_max, self.head_dim, dtype=self.dtype),
+                torch.zeros(slots, self.n_kv, width_max, self.head_dim, dtype=self.dtype),
+            )
+            for _ in self.layers
+        ]
         job = [-1] * slots  # the prompt each slot works on (-1: free)
         pos = torch.zeros(slots, dtype=torch.long)  # where each slot writes its next token
         last = torch.zeros(slots, dtype=torch.long)  # each slot's latest token (input of the next step)

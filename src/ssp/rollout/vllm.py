@@ -26,18 +26,35 @@ def default_max_model_len(max_prompt_tokens: int, rollout: RolloutConfig) -> int
     return max_prompt_tokens + max(rollout.attacker.max_new_tokens, rollout.defender.max_new_tokens)
 
 
-def build_vllm_engine(model, tokenizer, max_prompt_tokens: int, rollout: RolloutConfig | None,
-                      model_config: ModelConfig | None, seed: int = 0):
+def build_vllm_engine(
+    model,
+    tokenizer,
+    max_prompt_tokens: int,
+    rollout: RolloutConfig | None,
+    model_config: ModelConfig | None,
+    seed: int = 0,
+):
     if rollout is None or model_config is None:
-        raise ValueError("rollout.backend=vllm needs the run's configs: call build_rollout_engine(..., "
-                         "rollout=cfg.rollout, model_config=cfg.model, seed=cfg.run.seed)")
+        raise ValueError(
+            "rollout.backend=vllm needs the run's configs: call build_rollout_engine(..., "
+            "rollout=cfg.rollout, model_config=cfg.model, seed=cfg.run.seed)"
+        )
     o = rollout.vllm
     if o.mode == "server":
         if model_config.finetune != "lora":
-            raise ValueError("rollout.vllm.mode=server refreshes the policy as a LoRA adapter; with "
-                             "model.finetune=full use rollout.vllm.mode=colocated")
-        return VLLMServerEngine(model, tokenizer, max_prompt_tokens, o,
-                                served_model_name=o.served_model_name or model_config.name_or_path)
-    return VLLMColocatedEngine(model, tokenizer, max_prompt_tokens, o, model_config,
-                               max_model_len=o.max_model_len or default_max_model_len(max_prompt_tokens, rollout),
-                               seed=seed)
+            raise ValueError(
+                "rollout.vllm.mode=server refreshes the policy as a LoRA adapter; with "
+                "model.finetune=full use rollout.vllm.mode=colocated"
+            )
+        return VLLMServerEngine(
+            model, tokenizer, max_prompt_tokens, o, served_model_name=o.served_model_name or model_config.name_or_path
+        )
+    return VLLMColocatedEngine(
+        model,
+        tokenizer,
+        max_prompt_tokens,
+        o,
+        model_config,
+        max_model_len=o.max_model_len or default_max_model_len(max_prompt_tokens, rollout),
+        seed=seed,
+    )

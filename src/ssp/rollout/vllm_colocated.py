@@ -42,9 +42,11 @@ from ssp.rollout.weights import export_weights, materialize_model
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = ("rollout.backend=vllm with rollout.vllm.mode=colocated needs vLLM in this environment: "
-                "pip install 'ssp[vllm]' (Linux with an NVIDIA GPU). Server mode only needs a reachable "
-                "`vllm serve` (see docs/gpu.md).")
+INSTALL_HINT = (
+    "rollout.backend=vllm with rollout.vllm.mode=colocated needs vLLM in this environment: "
+    "pip install 'ssp[vllm]' (Linux with an NVIDIA GPU). Server mode only needs a reachable "
+    "`vllm serve` (see docs/gpu.md)."
+)
 MULTIPROCESSING_VAR = "VLLM_ENABLE_V1_MULTIPROCESSING"
 
 
@@ -58,9 +60,11 @@ def check_in_process_engine() -> None:
     """
     value = os.environ.setdefault(MULTIPROCESSING_VAR, "0")
     if value.strip() != "0":
-        raise ValueError(f"{MULTIPROCESSING_VAR}={value} is set, but rollout.vllm.mode=colocated pushes the "
-                         "policy's weights into the engine's model in this process, which needs vLLM's engine "
-                         f"core in-process: unset it or set {MULTIPROCESSING_VAR}=0 (or use rollout.vllm.mode=server)")
+        raise ValueError(
+            f"{MULTIPROCESSING_VAR}={value} is set, but rollout.vllm.mode=colocated pushes the "
+            "policy's weights into the engine's model in this process, which needs vLLM's engine "
+            f"core in-process: unset it or set {MULTIPROCESSING_VAR}=0 (or use rollout.vllm.mode=server)"
+        )
 
 
 def import_vllm():
@@ -86,8 +90,10 @@ def _load_into(vllm_model, weights: Iterable[tuple[str, torch.Tensor]]) -> int:
     try:
         vllm_model.load_weights(counted())
     except (KeyError, ValueError) as e:
-        raise RuntimeError(f"vLLM's {type(vllm_model).__name__}.load_weights rejected an exported weight ({e}); "
-                           "the policy's parameter names do not match the architecture vLLM loaded") from e
+        raise RuntimeError(
+            f"vLLM's {type(vllm_model).__name__}.load_weights rejected an exported weight ({e}); "
+            "the policy's parameter names do not match the architecture vLLM loaded"
+        ) from e
     return count
 
 
@@ -106,8 +112,17 @@ def push_weights(llm, weights: Iterable[tuple[str, torch.Tensor]]) -> int:
 class VLLMColocatedEngine:
     """An in-process `vllm.LLM` per rank (or per tensor-parallel group of ranks) on the training GPU."""
 
-    def __init__(self, model, tokenizer, max_prompt_tokens: int, options: VLLMRolloutConfig, model_config: ModelConfig,
-                 max_model_len: int, seed: int = 0, llm=None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        max_prompt_tokens: int,
+        options: VLLMRolloutConfig,
+        model_config: ModelConfig,
+        max_model_len: int,
+        seed: int = 0,
+        llm=None,
+    ):
         check_in_process_engine()
         self.model = model
         self.tokenizer = tokenizer
@@ -117,14 +132,17 @@ class VLLMColocatedEngine:
         self.rank, self.world = parallel.rank_world()
         tp = options.tensor_parallel_size
         if tp > 1 and (self.world % tp or self.world < tp):
-            raise ValueError(f"rollout.vllm.tensor_parallel_size={tp} in colocated mode needs a multiple of {tp} "
-                             f"training processes (each rank holds one shard); got {self.world}. "
-                             "Use server mode for a tensor-parallel engine on separate GPUs.")
+            raise ValueError(
+                f"rollout.vllm.tensor_parallel_size={tp} in colocated mode needs a multiple of {tp} "
+                f"training processes (each rank holds one shard); got {self.world}. "
+                "Use server mode for a tensor-parallel engine on separate GPUs."
+            )
         self.tp_group = None
         if tp > 1:
             dist = parallel.dist()
             self.tp_group, _ = dist.new_subgroups_by_enumeration(
-                [list(range(s, s + tp)) for s in range(0, self.world, tp)])
+                [list(range(s, s + tp)) for s in range(0, self.world, tp)]
+            )
         self._tmp: str | None = None
         self.llm = llm if llm is not None else self._build(model_config, max_model_len, seed)
         # The first generate pushes the weights: by then a resumed run has loaded its checkpoint.
@@ -141,9 +159,15 @@ class VLLMColocatedEngine:
 
             source, revision = resolve_model_source(model_config.name_or_path), model_config.revision
         kwargs: dict[str, Any] = dict(
-            model=source, revision=revision, dtype=model_config.dtype, trust_remote_code=model_config.trust_remote_code,
-            gpu_memory_utilization=o.gpu_memory_utilization, tensor_parallel_size=o.tensor_parallel_size,
-            max_model_len=max_model_len, enable_prefix_caching=o.enable_prefix_caching, enforce_eager=o.enforce_eager,
+            model=source,
+            revision=revision,
+            dtype=model_config.dtype,
+            trust_remote_code=model_config.trust_remote_code,
+            gpu_memory_utilization=o.gpu_memory_utilization,
+            tensor_parallel_size=o.tensor_parallel_size,
+            max_model_len=max_model_len,
+            enable_prefix_caching=o.enable_prefix_caching,
+            enforce_eager=o.enforce_eager,
             # same seed inside a tensor-parallel group (its ranks must sample alike), different across groups
             seed=seed + self.rank // o.tensor_parallel_size,
         )
@@ -177,9 +201,18 @@ class VLLMColocatedEngine:
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids, _ in everything], params, use_tqdm=False)
         results = []
         for (ids, truncated), out in zip(everything, outputs, strict=True):
-            comps = [build_completion(o.token_ids, o.finish_reason, getattr(o, "stop_reason", None), ids,
-                                      self.tokenizer, self.eos_ids, truncated)
-                     for o in sorted(out.outputs, key=lambda o: o.index)]
+            comps = [
+                build_completion(
+                    o.token_ids,
+                    o.finish_reason,
+                    getattr(o, "stop_reason", None),
+                    ids,
+                    self.tokenizer,
+                    self.eos_ids,
+                    truncated,
+                )
+                for o in sorted(out.outputs, key=lambda o: o.index)
+            ]
             results.append(copies_of(comps[0], n) if len(comps) == 1 and n > 1 else comps)
         if self.tp_group is not None:
             start = sum(len(p) for p in parts[: dist.get_rank(self.tp_group)])

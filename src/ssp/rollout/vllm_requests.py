@@ -57,8 +57,9 @@ def sampling_params(sampling: SamplingConfig, n: int, stop_token_ids: Iterable[i
     }
 
 
-def completion_request(prompt_ids: list[int], sampling: SamplingConfig, n: int, model: str,
-                       stop_token_ids: Iterable[int]) -> dict[str, Any]:
+def completion_request(
+    prompt_ids: list[int], sampling: SamplingConfig, n: int, model: str, stop_token_ids: Iterable[int]
+) -> dict[str, Any]:
     """The JSON body for vLLM's OpenAI-compatible `/v1/completions`, prompt given as token ids.
 
     Asks for the sampled ids twice over: `return_token_ids` (a `token_ids` list per choice) and
@@ -86,15 +87,24 @@ def token_ids_from_choice(choice: dict[str, Any], tokenizer=None) -> tuple[list[
         if len(found) == len(matches):
             return [int(m.group(1)) for m in found], "logprobs"
     if tokenizer is None:
-        raise ValueError("the server's answer carries no token ids (neither `token_ids` nor "
-                         "`token_id:<id>` logprob tokens) and no tokenizer was given to re-tokenise")
+        raise ValueError(
+            "the server's answer carries no token ids (neither `token_ids` nor "
+            "`token_id:<id>` logprob tokens) and no tokenizer was given to re-tokenise"
+        )
     text = choice.get("text") or ""
     return tokenizer(text, add_special_tokens=False)["input_ids"], "retokenized"
 
 
-def build_completion(token_ids: Iterable[int], finish_reason: str | None, stop_reason: Any,
-                     prompt_ids: list[int], tokenizer, eos_ids: list[int], prompt_truncated: bool = False,
-                     source: str = "engine") -> Completion:
+def build_completion(
+    token_ids: Iterable[int],
+    finish_reason: str | None,
+    stop_reason: Any,
+    prompt_ids: list[int],
+    tokenizer,
+    eos_ids: list[int],
+    prompt_truncated: bool = False,
+    source: str = "engine",
+) -> Completion:
     """A `Completion` with the HF backend's conventions from what vLLM returned.
 
     Ids are cut after the first end-of-turn token. vLLM keeps the stop token in `token_ids`; if an
@@ -108,8 +118,11 @@ def build_completion(token_ids: Iterable[int], finish_reason: str | None, stop_r
     inferred = False
     if cut is not None:
         ids = ids[: cut + 1]
-    elif finish_reason == "stop" and eos_ids and (
-            stop_reason is None or (isinstance(stop_reason, int) and stop_reason in eos)):
+    elif (
+        finish_reason == "stop"
+        and eos_ids
+        and (stop_reason is None or (isinstance(stop_reason, int) and stop_reason in eos))
+    ):
         ids.append(stop_reason if isinstance(stop_reason, int) else eos_ids[0])
         inferred = True
     meta: dict[str, Any] = {}
@@ -117,18 +130,26 @@ def build_completion(token_ids: Iterable[int], finish_reason: str | None, stop_r
         meta["token_ids_source"] = source
     if inferred:
         meta["eos_appended"] = True
-    return Completion(prompt_ids=list(prompt_ids), completion_ids=ids,
-                      text=tokenizer.decode(ids, skip_special_tokens=True),
-                      finished=bool(ids) and ids[-1] in eos, prompt_truncated=prompt_truncated, meta=meta)
+    return Completion(
+        prompt_ids=list(prompt_ids),
+        completion_ids=ids,
+        text=tokenizer.decode(ids, skip_special_tokens=True),
+        finished=bool(ids) and ids[-1] in eos,
+        prompt_truncated=prompt_truncated,
+        meta=meta,
+    )
 
 
 def copies_of(c: Completion, n: int) -> list[Completion]:
-    return [c] + [dataclasses.replace(c, prompt_ids=list(c.prompt_ids), completion_ids=list(c.completion_ids),
-                                      meta=dict(c.meta)) for _ in range(n - 1)]
+    return [c] + [
+        dataclasses.replace(c, prompt_ids=list(c.prompt_ids), completion_ids=list(c.completion_ids), meta=dict(c.meta))
+        for _ in range(n - 1)
+    ]
 
 
-def completions_from_response(body: dict[str, Any], prompt_ids: list[int], n: int, tokenizer, eos_ids: list[int],
-                              prompt_truncated: bool = False) -> list[Completion]:
+def completions_from_response(
+    body: dict[str, Any], prompt_ids: list[int], n: int, tokenizer, eos_ids: list[int], prompt_truncated: bool = False
+) -> list[Completion]:
     """The `n` completions of one single-prompt `/v1/completions` answer, in choice order."""
     choices = sorted(body.get("choices") or [], key=lambda c: c.get("index", 0))
     if not choices:
@@ -136,8 +157,18 @@ def completions_from_response(body: dict[str, Any], prompt_ids: list[int], n: in
     out = []
     for choice in choices:
         ids, source = token_ids_from_choice(choice, tokenizer)
-        out.append(build_completion(ids, choice.get("finish_reason"), choice.get("stop_reason"), prompt_ids,
-                                    tokenizer, eos_ids, prompt_truncated, source))
+        out.append(
+            build_completion(
+                ids,
+                choice.get("finish_reason"),
+                choice.get("stop_reason"),
+                prompt_ids,
+                tokenizer,
+                eos_ids,
+                prompt_truncated,
+                source,
+            )
+        )
     if len(out) == 1 and n > 1:
         return copies_of(out[0], n)
     if len(out) != n:

@@ -49,13 +49,16 @@ class VLLMServerEngine:
     #: else below 500 is the answer; a 500 is retried only where it can be transient (generation).
     TRANSIENT = frozenset({429, 502, 503, 504})
 
-    def __init__(self, model, tokenizer, max_prompt_tokens: int, options: VLLMRolloutConfig, served_model_name: str,
-                 client=None):
+    def __init__(
+        self, model, tokenizer, max_prompt_tokens: int, options: VLLMRolloutConfig, served_model_name: str, client=None
+    ):
         import httpx
 
         if not lora_layers(model):
-            raise ValueError("rollout.vllm.mode=server refreshes the policy as a LoRA adapter, but the policy has "
-                             "no LoRA layers (model.finetune=full: use rollout.vllm.mode=colocated)")
+            raise ValueError(
+                "rollout.vllm.mode=server refreshes the policy as a LoRA adapter, but the policy has "
+                "no LoRA layers (model.finetune=full: use rollout.vllm.mode=colocated)"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.encoder = ChatEncoder(tokenizer, max_prompt_tokens)
@@ -70,8 +73,11 @@ class VLLMServerEngine:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         self.client = client or httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=httpx.Timeout(options.timeout_s, connect=30.0),
-            limits=httpx.Limits(max_connections=options.max_concurrency))
+            base_url=self.base_url,
+            headers=headers,
+            timeout=httpx.Timeout(options.timeout_s, connect=30.0),
+            limits=httpx.Limits(max_connections=options.max_concurrency),
+        )
         self.lora_dir = Path(options.lora_dir or tempfile.mkdtemp(prefix="ssp-vllm-lora-"))
         self.version = 0
         self.model_name = served_model_name
@@ -99,8 +105,10 @@ class VLLMServerEngine:
                     return r
                 last = VLLMServerError(f"{method} {self.base_url}{path}: HTTP {r.status_code}: {r.text[:500]}")
             time.sleep(min(8.0, 0.5 * 2**attempt))
-        raise VLLMServerError(f"vLLM server at {self.base_url} failed {method} {path} {self.RETRIES} times; last "
-                              f"error: {last}. Is `vllm serve` running there (docs/gpu.md)?") from last
+        raise VLLMServerError(
+            f"vLLM server at {self.base_url} failed {method} {path} {self.RETRIES} times; last "
+            f"error: {last}. Is `vllm serve` running there (docs/gpu.md)?"
+        ) from last
 
     def _check_served_model(self) -> None:
         r = self._request("GET", "/v1/models")
@@ -108,8 +116,10 @@ class VLLMServerEngine:
             raise VLLMServerError(f"GET {self.base_url}/v1/models: HTTP {r.status_code}: {r.text[:300]}")
         ids = [m.get("id") for m in r.json().get("data", [])]
         if self.served_model_name not in ids:
-            raise VLLMServerError(f"the vLLM server at {self.base_url} serves {ids}, not "
-                                  f"{self.served_model_name!r}; set rollout.vllm.served_model_name")
+            raise VLLMServerError(
+                f"the vLLM server at {self.base_url} serves {ids}, not "
+                f"{self.served_model_name!r}; set rollout.vllm.served_model_name"
+            )
 
     # -- refresh -----------------------------------------------------------------------------
     def refresh_weights(self) -> None:
@@ -123,11 +133,17 @@ class VLLMServerEngine:
                 folder = save_adapter(self.model, self.lora_dir / name, state)
                 # vLLM answers a failed load (LoRA not enabled, rank above --max-lora-rank, unreadable
                 # folder) with HTTP 500: the same request would fail again, so it is not retried.
-                r = self._request("POST", "/v1/load_lora_adapter",
-                                  json={"lora_name": name, "lora_path": str(folder.resolve())}, retry_500=False)
+                r = self._request(
+                    "POST",
+                    "/v1/load_lora_adapter",
+                    json={"lora_name": name, "lora_path": str(folder.resolve())},
+                    retry_500=False,
+                )
                 if r.status_code != 200:
-                    raise VLLMServerError(f"vLLM refused adapter {name} from {folder}: HTTP {r.status_code}: "
-                                          f"{r.text[:300]}. {self._lora_hint()}")
+                    raise VLLMServerError(
+                        f"vLLM refused adapter {name} from {folder}: HTTP {r.status_code}: "
+                        f"{r.text[:300]}. {self._lora_hint()}"
+                    )
                 if self.version:
                     self._unload(self.model_name)
             except Exception as e:  # noqa: BLE001 - re-raised on every rank below
@@ -141,9 +157,11 @@ class VLLMServerEngine:
 
     def _lora_hint(self) -> str:
         rank = max((c.r for c in getattr(self.model, "peft_config", {}).values()), default=None)
-        return ("Start the server with --enable-lora --max-lora-rank R (R ≥ the adapter's rank"
-                f"{f' {rank}' if rank else ''}, model.lora.r) and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in its "
-                f"environment, and make {self.lora_dir} readable by it (rollout.vllm.lora_dir)")
+        return (
+            "Start the server with --enable-lora --max-lora-rank R (R ≥ the adapter's rank"
+            f"{f' {rank}' if rank else ''}, model.lora.r) and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True in its "
+            f"environment, and make {self.lora_dir} readable by it (rollout.vllm.lora_dir)"
+        )
 
     def _unload(self, name: str) -> None:
         r = self._request("POST", "/v1/unload_lora_adapter", json={"lora_name": name})
@@ -157,13 +175,16 @@ class VLLMServerEngine:
         body = completion_request(ids, sampling, n, self.model_name, self.eos_ids)
         r = self._request("POST", "/v1/completions", json=body)
         if r.status_code != 200:
-            raise VLLMServerError(f"POST {self.base_url}/v1/completions (model {self.model_name}): "
-                                  f"HTTP {r.status_code}: {r.text[:500]}")
+            raise VLLMServerError(
+                f"POST {self.base_url}/v1/completions (model {self.model_name}): HTTP {r.status_code}: {r.text[:500]}"
+            )
         comps = completions_from_response(r.json(), ids, n, self.tokenizer, self.eos_ids, truncated)
         if not self._warned_retokenized and any(c.meta.get("token_ids_source") == "retokenized" for c in comps):
             self._warned_retokenized = True
-            log.warning("the vLLM server returned no token ids; completions are re-tokenised text, which may differ "
-                        "from the sampled ids (upgrade vLLM for `return_token_ids`)")
+            log.warning(
+                "the vLLM server returned no token ids; completions are re-tokenised text, which may differ "
+                "from the sampled ids (upgrade vLLM for `return_token_ids`)"
+            )
         return comps
 
     def generate(self, requests: list[ChatRequest], sampling: SamplingConfig, n: int = 1) -> list[list[Completion]]:

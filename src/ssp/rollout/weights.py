@@ -30,7 +30,7 @@ def hf_checkpoint_name(name: str) -> str:
         changed = False
         for prefix in _PREFIXES:
             if name.startswith(prefix):
-                name, changed = name[len(prefix):], True
+                name, changed = name[len(prefix) :], True
     name = name.replace("._orig_mod.", ".").replace(".base_layer.", ".")
     return re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)
 
@@ -76,8 +76,10 @@ def _merged_lora(module) -> tuple[torch.Tensor, torch.Tensor | None]:
         if adapter not in module.lora_A and adapter not in getattr(module, "lora_embedding_A", {}):
             continue
         if adapter in getattr(module, "lora_variant", {}):
-            raise NotImplementedError(f"weight export: LoRA variant {type(module.lora_variant[adapter]).__name__} "
-                                      "(e.g. DoRA) is not supported; use plain LoRA")
+            raise NotImplementedError(
+                f"weight export: LoRA variant {type(module.lora_variant[adapter]).__name__} "
+                "(e.g. DoRA) is not supported; use plain LoRA"
+            )
         weight += module.get_delta_weight(adapter)
         if getattr(module, "lora_bias", {}).get(adapter):
             if bias is None:

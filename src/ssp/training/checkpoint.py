@@ -72,8 +72,11 @@ def optimizer_from_files(optimizer: torch.optim.Optimizer, folder: Path, model=N
     if model is not None and _deepspeed_params(model):
         # DeepSpeed creates its partitioned AdamW state lazily, at the first step, and offers no public way to
         # fill it before then; its own loader reads its own (pickled) checkpoint format. So the moments restart.
-        log.warning("%s: resuming under DeepSpeed: weights, RNG, step and pool are restored, the AdamW moments "
-                    "restart from zero (a run resumed without DeepSpeed restores them too)", folder)
+        log.warning(
+            "%s: resuming under DeepSpeed: weights, RNG, step and pool are restored, the AdamW moments "
+            "restart from zero (a run resumed without DeepSpeed restores them too)",
+            folder,
+        )
         return
     tensors = load_file(folder / "optimizer.safetensors")
     meta = json.loads((folder / "optimizer.json").read_text())
@@ -135,16 +138,26 @@ def full_optimizer_state(optimizer: torch.optim.Optimizer, model=None) -> dict[s
         base = _zero_base_optimizer(optimizer)
         steps = [float(s["step"]) for s in base.state.values() if "step" in s]
         group = {k: v for k, v in base.param_groups[0].items() if k != "params"}
-        return {"state": {i: {"step": torch.tensor(max(steps, default=0.0)),
-                              **{k: safe_get_full_optimizer_state(p, k).cpu() for k in _ADAM_KEYS}}
-                          for i, p in enumerate(ds_params)},
-                "param_groups": [{**group, "params": list(range(len(ds_params)))}]}
+        return {
+            "state": {
+                i: {
+                    "step": torch.tensor(max(steps, default=0.0)),
+                    **{k: safe_get_full_optimizer_state(p, k).cpu() for k in _ADAM_KEYS},
+                }
+                for i, p in enumerate(ds_params)
+            },
+            "param_groups": [{**group, "params": list(range(len(ds_params)))}],
+        }
     state = optimizer.state_dict()
     if not any(hasattr(v, "full_tensor") for s in state["state"].values() for v in s.values()):
         return None
-    return {"state": {idx: {k: parallel.full_tensor(v).cpu() if torch.is_tensor(v) else v for k, v in s.items()}
-                      for idx, s in state["state"].items()},
-            "param_groups": state["param_groups"]}
+    return {
+        "state": {
+            idx: {k: parallel.full_tensor(v).cpu() if torch.is_tensor(v) else v for k, v in s.items()}
+            for idx, s in state["state"].items()
+        },
+        "param_groups": state["param_groups"],
+    }
 
 
 def shard_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
@@ -157,9 +170,12 @@ def shard_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any
     sharded: dict[int, dict[str, Any]] = {}
     for idx, s in state["state"].items():
         p = params[int(idx)]
-        sharded[idx] = {k: distribute_tensor(v, p.device_mesh, p.placements)
-                        if torch.is_tensor(v) and hasattr(p, "device_mesh") and v.shape == p.shape else v
-                        for k, v in s.items()}
+        sharded[idx] = {
+            k: distribute_tensor(v, p.device_mesh, p.placements)
+            if torch.is_tensor(v) and hasattr(p, "device_mesh") and v.shape == p.shape
+            else v
+            for k, v in s.items()
+        }
     return {"state": sharded, "param_groups": state["param_groups"]}
 
 
@@ -190,9 +206,19 @@ def rng_from_files(game_rng: random.Random, folder: Path, rank: int = 0) -> None
 
 
 # -- whole checkpoint ---------------------------------------------------------------------------
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, game_rng: random.Random, pool,
-                    config_yaml: str, extra: dict[str, Any], rank: int = 0, world: int = 1,
-                    barrier=lambda: None) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model,
+    optimizer,
+    game_rng: random.Random,
+    pool,
+    config_yaml: str,
+    extra: dict[str, Any],
+    rank: int = 0,
+    world: int = 1,
+    barrier=lambda: None,
+) -> Path:
     """Every rank calls this (with `barrier` = a cross-rank barrier); rank 0 writes all but the other ranks' RNG."""
     root = run_dir / CHECKPOINT_DIR
     final = root / checkpoint_name(step)
@@ -238,8 +264,9 @@ def verify_checkpoint(folder: Path) -> bool:
         return False
     try:
         manifest = json.loads(manifest_path.read_text())
-        return all((folder / name).is_file() and _sha256(folder / name) == digest
-                   for name, digest in manifest["files"].items())
+        return all(
+            (folder / name).is_file() and _sha256(folder / name) == digest for name, digest in manifest["files"].items()
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -280,5 +307,7 @@ def load_weights(model, folder: Path) -> None:
         missing, unexpected = model.load_state_dict(state, strict=False)
         real_missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
         if real_missing or unexpected:
-            raise ValueError(f"{weights}: checkpoint does not match the model (missing {real_missing[:3]}, "
-                             f"unexpected {unexpected[:3]})")
+            raise ValueError(
+                f"{weights}: checkpoint does not match the model (missing {real_missing[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )

@@ -41,12 +41,16 @@ def accelerator_kwargs(cfg: SSPConfig, run_dir: Path) -> dict[str, Any]:
         return {}
     missing = [t for t in trackers if importlib.util.find_spec(_MODULES[t]) is None]
     if missing:  # accelerate would drop them with only a debug message
-        raise TrackingError(f"run.report_to={trackers}: {', '.join(missing)} not installed; "
-                            f"pip install {' '.join(missing)}  (or pip install 'ssp[track]')")
+        raise TrackingError(
+            f"run.report_to={trackers}: {', '.join(missing)} not installed; "
+            f"pip install {' '.join(missing)}  (or pip install 'ssp[track]')"
+        )
     from accelerate.utils import ProjectConfiguration
 
-    return {"log_with": trackers,
-            "project_config": ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / TENSORBOARD_DIR))}
+    return {
+        "log_with": trackers,
+        "project_config": ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / TENSORBOARD_DIR)),
+    }
 
 
 def start(accelerator, cfg: SSPConfig, run_dir: Path, start_step: int) -> None:
@@ -64,8 +68,12 @@ def start(accelerator, cfg: SSPConfig, run_dir: Path, start_step: int) -> None:
             shutil.rmtree(run_dir / TENSORBOARD_DIR, ignore_errors=True)
     if "wandb" in trackers:
         state.setdefault("wandb_run_id", uuid.uuid4().hex[:12])
-        init_kwargs["wandb"] = {"id": state["wandb_run_id"], "resume": "allow", "name": run_dir.name,
-                                "dir": os.environ.get("WANDB_DIR") or str(run_dir)}
+        init_kwargs["wandb"] = {
+            "id": state["wandb_run_id"],
+            "resume": "allow",
+            "name": run_dir.name,
+            "dir": os.environ.get("WANDB_DIR") or str(run_dir),
+        }
     if "trackio" in trackers:
         init_kwargs["trackio"] = {"name": state.setdefault("trackio_run_name", run_dir.name), "resume": "allow"}
     state_path.write_text(json.dumps(state, indent=2), encoding="utf-8")
@@ -76,8 +84,11 @@ def log(accelerator, row: dict[str, Any], step: int) -> None:
     """One metrics.jsonl row: numbers (booleans as 0/1); None and non-finite values are left out."""
     if not accelerator.trackers:
         return
-    values = {k: int(v) if isinstance(v, bool) else v for k, v in row.items()
-              if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)}
+    values = {
+        k: int(v) if isinstance(v, bool) else v
+        for k, v in row.items()
+        if k != "step" and isinstance(v, (int, float)) and math.isfinite(v)
+    }
     accelerator.log(values, step=step)
 
 

@@ -19,8 +19,13 @@ import yaml
 
 from ssp.config import SSPConfig, dump_config
 from ssp.game.play import SelfPlayGame
-from ssp.game.prompts import (REFLECT_RATIONALE_CHARS, attacker_request, defender_request, load_strategy_hints,
-                              reflective_request)
+from ssp.game.prompts import (
+    REFLECT_RATIONALE_CHARS,
+    attacker_request,
+    defender_request,
+    load_strategy_hints,
+    reflective_request,
+)
 from ssp.game.seeds import load_benign_pool, load_seeds
 from ssp.judges.registry import build_judge
 from ssp.models.loader import load_policy, resolve_device
@@ -30,8 +35,14 @@ from ssp.rl.grpo import grpo_update, trainable
 from ssp.rollout.engines import build_rollout_engine
 from ssp.training import checkpoint as ckpt
 from ssp.training import tracking
-from ssp.training.distributed import (Ranks, ShardedEngine, ShardedJudge, enable_sharding_on_cpu,
-                                      generation_context, keep_later_models_whole)
+from ssp.training.distributed import (
+    Ranks,
+    ShardedEngine,
+    ShardedJudge,
+    enable_sharding_on_cpu,
+    generation_context,
+    keep_later_models_whole,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +67,10 @@ def _check_output_dir(run_dir: Path) -> None:
         raise TrainingError(f"output folder {run_dir} is not writable: {e.strerror or e}") from None
     free = shutil.disk_usage(run_dir).free
     if free < MIN_FREE_BYTES:
-        raise TrainingError(f"output folder {run_dir}: only {free / 2**30:.2f} GiB free, need at least "
-                            f"{MIN_FREE_BYTES / 2**30:.0f} GiB for checkpoints")
+        raise TrainingError(
+            f"output folder {run_dir}: only {free / 2**30:.2f} GiB free, need at least "
+            f"{MIN_FREE_BYTES / 2**30:.0f} GiB for checkpoints"
+        )
 
 
 def _truncate_jsonl(path: Path, max_step: int) -> None:
@@ -108,7 +121,9 @@ class Trainer:
         device = resolve_device(cfg.run.device)
         self.accelerator = Accelerator(cpu=device.type == "cpu", **tracking.accelerator_kwargs(cfg, self.run_dir))
         sharded = enable_sharding_on_cpu(self.accelerator) or self.accelerator.distributed_type in (
-            DistributedType.FSDP, DistributedType.DEEPSPEED)
+            DistributedType.FSDP,
+            DistributedType.DEEPSPEED,
+        )
         self.ranks = Ranks(self.accelerator)
         self.device = self.accelerator.device
         # The game RNG is the same on every rank (all ranks play the same global step); the torch RNG
@@ -143,9 +158,17 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # FSDP replaced them with shards
         keep_later_models_whole(self.accelerator)
         self.policy = self.accelerator.unwrap_model(self.model)  # generation and saving use the bare module
-        self.engine = build_rollout_engine(cfg.rollout.backend, self.policy, self.tokenizer,
-                                           cfg.model.max_prompt_tokens, cfg.rollout.batch_size, dtype=cfg.rollout.dtype,
-                                           rollout=cfg.rollout, model_config=cfg.model, seed=cfg.run.seed)
+        self.engine = build_rollout_engine(
+            cfg.rollout.backend,
+            self.policy,
+            self.tokenizer,
+            cfg.model.max_prompt_tokens,
+            cfg.rollout.batch_size,
+            dtype=cfg.rollout.dtype,
+            rollout=cfg.rollout,
+            model_config=cfg.model,
+            seed=cfg.run.seed,
+        )
         engine, judge = self.engine, self.judge
         whole = generation_context(self.accelerator, self.model) if cfg.rollout.backend == "hf" else None
         if self.ranks.world > 1 or whole is not None:
@@ -192,8 +215,11 @@ class Trainer:
         current = cfg.model_dump(mode="json")
         differ = [f"{k}: {saved.get(k)!r} there, {current[k]!r} here" for k in keys if saved.get(k) != current[k]]
         if differ:
-            raise TrainingError(f"model.init_from={cfg.init_from}: {folder} was trained with other model settings ("
-                                + "; ".join(differ) + ")")
+            raise TrainingError(
+                f"model.init_from={cfg.init_from}: {folder} was trained with other model settings ("
+                + "; ".join(differ)
+                + ")"
+            )
         ckpt.load_weights(model, folder)
         log.info("starting from the weights of %s", folder)
 
@@ -204,8 +230,10 @@ class Trainer:
         new_tokens = max(cfg.rollout.attacker.max_new_tokens, cfg.rollout.defender.max_new_tokens)
         positions = getattr(self.policy.config, "max_position_embeddings", None)
         if positions is not None and limit + new_tokens > positions:
-            raise TrainingError(f"model.max_prompt_tokens={limit} + max_new_tokens={new_tokens} exceeds the model's "
-                                f"{positions} positions; lower model.max_prompt_tokens or max_new_tokens")
+            raise TrainingError(
+                f"model.max_prompt_tokens={limit} + max_new_tokens={new_tokens} exceeds the model's "
+                f"{positions} positions; lower model.max_prompt_tokens or max_new_tokens"
+            )
         goal = max((s.text for s in self.harmful), key=len)
         hints = self.game.hints if cfg.game.strategy_hints else []
         probes = [defender_request(goal)]
@@ -218,8 +246,10 @@ class Trainer:
             for request in probes:
                 self.engine.encoder.encode(request)
         except ValueError as e:
-            raise TrainingError(f"{e}; raise model.max_prompt_tokens (or set replay.reflect=false: the reflective "
-                                "replay context is the longest prompt)") from None
+            raise TrainingError(
+                f"{e}; raise model.max_prompt_tokens (or set replay.reflect=false: the reflective "
+                "replay context is the longest prompt)"
+            ) from None
 
     def _step(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
@@ -236,12 +266,19 @@ class Trainer:
         t0 = time.perf_counter()
         samples = trainable(result.samples)  # identical on every rank; each trains on its shard
         stats = grpo_update(
-            self.model, self.optimizer, ranks.shard(samples), cfg.rl, self.tokenizer.pad_token_id,
-            reference_model=self.reference, backward=self._backward,
+            self.model,
+            self.optimizer,
+            ranks.shard(samples),
+            cfg.rl,
+            self.tokenizer.pad_token_id,
+            reference_model=self.reference,
+            backward=self._backward,
             clip_grad=lambda: self.accelerator.clip_grad_norm_(self.params, cfg.rl.max_grad_norm),
-            total_tokens=sum(len(x.completion_ids) for x in samples), loss_scale=float(ranks.world),
+            total_tokens=sum(len(x.completion_ids) for x in samples),
+            loss_scale=float(ranks.world),
             min_micro_batches=ranks.micro_batches_needed(len(samples), cfg.rl.micro_batch_size),
-            filler=samples[0] if samples else None)
+            filler=samples[0] if samples else None,
+        )
         self.engine.refresh_weights()
         result.timings["update"] = time.perf_counter() - t0
         losses = ranks.gather_values((stats.loss, stats.kl))
@@ -261,25 +298,34 @@ class Trainer:
         total = time.perf_counter() - t_step
         gen_time = result.timings["attacker_generation"] + result.timings["defender_generation"]
         row: dict[str, Any] = {"step": step, **{k: _finite(v) for k, v in result.metrics.items()}}
-        row.update({
-            "loss": _finite(stats.loss), "kl": _finite(stats.kl), "grad_norm": _finite(stats.grad_norm),
-            "update_skipped": stats.skipped, "update_tokens": stats.tokens,
-            "nonfinite": not (math.isfinite(stats.loss) and math.isfinite(stats.grad_norm)),
-            "pool/admitted": admitted, "pool/replayed": len(result.replay_rewards),
-            **{f"pool/{k}": v for k, v in pool_stats.items()},
-            **{f"time/{k}": round(v, 3) for k, v in result.timings.items()},
-            "time/step": round(total, 3),
-            "generated_tokens": result.generated_tokens,
-            "tokens_per_s": round(result.generated_tokens / gen_time, 2) if gen_time > 0 else None,
-        })
+        row.update(
+            {
+                "loss": _finite(stats.loss),
+                "kl": _finite(stats.kl),
+                "grad_norm": _finite(stats.grad_norm),
+                "update_skipped": stats.skipped,
+                "update_tokens": stats.tokens,
+                "nonfinite": not (math.isfinite(stats.loss) and math.isfinite(stats.grad_norm)),
+                "pool/admitted": admitted,
+                "pool/replayed": len(result.replay_rewards),
+                **{f"pool/{k}": v for k, v in pool_stats.items()},
+                **{f"time/{k}": round(v, 3) for k, v in result.timings.items()},
+                "time/step": round(total, 3),
+                "generated_tokens": result.generated_tokens,
+                "tokens_per_s": round(result.generated_tokens / gen_time, 2) if gen_time > 0 else None,
+            }
+        )
         if not ranks.is_main:
             return row
         with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         tracking.log(self.accelerator, row, step)
         if cfg.run.log_exchanges:
-            logged = result.exchanges if len(result.exchanges) <= cfg.run.log_exchanges else side_rng.sample(
-                result.exchanges, cfg.run.log_exchanges)
+            logged = (
+                result.exchanges
+                if len(result.exchanges) <= cfg.run.log_exchanges
+                else side_rng.sample(result.exchanges, cfg.run.log_exchanges)
+            )
             with open(self.run_dir / EXCHANGES_FILE, "a", encoding="utf-8") as f:
                 for ex in logged:
                     f.write(json.dumps(ex.to_dict()) + "\n")
@@ -293,11 +339,18 @@ class Trainer:
     def _checkpoint(self, step: int) -> Path | None:
         """Rank 0 writes the checkpoint; every rank adds its own RNG state to it first."""
         path = ckpt.save_checkpoint(
-            self.run_dir, step, self.policy, self.optimizer, self.rng, self.pool,
+            self.run_dir,
+            step,
+            self.policy,
+            self.optimizer,
+            self.rng,
+            self.pool,
             yaml.safe_dump(self.cfg.model_dump(mode="json"), sort_keys=False),
-            {"finetune": self.cfg.model.finetune, "model": self.cfg.model.name_or_path,
-             "world_size": self.ranks.world},
-            rank=self.ranks.rank, world=self.ranks.world, barrier=self.accelerator.wait_for_everyone)
+            {"finetune": self.cfg.model.finetune, "model": self.cfg.model.name_or_path, "world_size": self.ranks.world},
+            rank=self.ranks.rank,
+            world=self.ranks.world,
+            barrier=self.accelerator.wait_for_everyone,
+        )
         return path
 
     def train(self) -> dict[str, Any]:
@@ -309,8 +362,14 @@ class Trainer:
         rows: list[dict[str, Any]] = []
         nonfinite_in_row = 0
         last_ckpt: Path | None = ckpt.latest_checkpoint(self.run_dir) if self.start_step else None
-        with Progress(TextColumn("[bold]SSP"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                      TimeElapsedColumn(), disable=not (self.progress and self.ranks.is_main)) as bar:
+        with Progress(
+            TextColumn("[bold]SSP"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            disable=not (self.progress and self.ranks.is_main),
+        ) as bar:
             task = bar.add_task("", total=cfg.run.max_steps, completed=min(self.start_step, cfg.run.max_steps))
             for step in range(self.start_step + 1, cfg.run.max_steps + 1):
                 bar.update(task, description=f"step {step}")
@@ -321,18 +380,28 @@ class Trainer:
                     raise TrainingError(
                         f"step {step}: {row['judge_invalid']:.0f} of {judged:.0f} judgments were invalid "
                         f"(> judge.max_invalid_share={cfg.judge.max_invalid_share}); the judge is failing, "
-                        f"stopping. Resume with --resume once it works (checkpoint and pool are intact)")
+                        f"stopping. Resume with --resume once it works (checkpoint and pool are intact)"
+                    )
                 nonfinite_in_row = nonfinite_in_row + 1 if row["nonfinite"] else 0
                 if nonfinite_in_row >= cfg.rl.max_nonfinite_steps:
-                    raise TrainingError(f"step {step}: {nonfinite_in_row} updates in a row had a non-finite loss or "
-                                        "gradient and were skipped; lower rl.learning_rate or check the model dtype")
+                    raise TrainingError(
+                        f"step {step}: {nonfinite_in_row} updates in a row had a non-finite loss or "
+                        "gradient and were skipped; lower rl.learning_rate or check the model dtype"
+                    )
                 if step % cfg.run.checkpoint_every == 0 or step == cfg.run.max_steps:
                     last_ckpt = self._checkpoint(step)
                 asr, ref = row.get("train_asr"), row.get("benign_refusal")
-                bar.update(task, advance=1, description=(
-                    f"step {step}  r_att {row.get('reward/attacker') or 0:.2f}  r_def {row.get('reward/defender') or 0:.2f}"
-                    f"  asr {asr if asr is not None else float('nan'):.2f}  benign-refusal "
-                    f"{ref if ref is not None else float('nan'):.2f}  pool {row.get('pool/size')}  {row['time/step']:.0f}s"))
+                bar.update(
+                    task,
+                    advance=1,
+                    description=(
+                        f"step {step}  r_att {row.get('reward/attacker') or 0:.2f}  "
+                        f"r_def {row.get('reward/defender') or 0:.2f}"
+                        f"  asr {asr if asr is not None else float('nan'):.2f}  benign-refusal "
+                        f"{ref if ref is not None else float('nan'):.2f}  pool {row.get('pool/size')}  "
+                        f"{row['time/step']:.0f}s"
+                    ),
+                )
         summary = self._summary(rows, last_ckpt)
         digests = self.ranks.gather_values(self._weights_digest())
         summary["rank_weight_digests"] = digests

@@ -83,8 +83,9 @@ def load_exemplars(path: str | None) -> list[Exemplar]:
     for where, row in rows:
         request, refusal = row.get("request"), row.get("refusal")
         if not (isinstance(request, str) and request.strip() and isinstance(refusal, str) and refusal.strip()):
-            raise WarmStartError(f"{path or 'refusal_exemplars.jsonl'}: {where}: needs text fields "
-                                 "'request' and 'refusal'")
+            raise WarmStartError(
+                f"{path or 'refusal_exemplars.jsonl'}: {where}: needs text fields 'request' and 'refusal'"
+            )
         out.append(Exemplar(request.strip(), refusal.strip(), str(row.get("style") or "")))
     return out
 
@@ -125,10 +126,19 @@ class Try:
     kept: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "category": self.seed.category, "prompt": self.seed.text,
-                "answer": self.completion.text, "finished": self.completion.finished, "accepted": self.accepted,
-                "kept": self.kept, "score": self.verdict.score, "refused": self.verdict.refused,
-                "on_topic": self.verdict.on_topic, "rationale": self.verdict.rationale}
+        return {
+            "kind": self.kind,
+            "category": self.seed.category,
+            "prompt": self.seed.text,
+            "answer": self.completion.text,
+            "finished": self.completion.finished,
+            "accepted": self.accepted,
+            "kept": self.kept,
+            "score": self.verdict.score,
+            "refused": self.verdict.refused,
+            "on_topic": self.verdict.on_topic,
+            "rationale": self.verdict.rationale,
+        }
 
 
 def _generate(engine, requests: list[ChatRequest], sampling, n: int, chunk: int, advance) -> list[list[Completion]]:
@@ -139,9 +149,17 @@ def _generate(engine, requests: list[ChatRequest], sampling, n: int, chunk: int,
     return out
 
 
-def collect(engine, judge: Judge, seeds: dict[str, list[Seed]], wcfg: WarmStartConfig, exemplars: list[Exemplar],
-            rng: random.Random, chunk: int = 16, advance=lambda n: None,
-            timings: dict[str, float] | None = None) -> list[Try]:
+def collect(
+    engine,
+    judge: Judge,
+    seeds: dict[str, list[Seed]],
+    wcfg: WarmStartConfig,
+    exemplars: list[Exemplar],
+    rng: random.Random,
+    chunk: int = 16,
+    advance=lambda n: None,
+    timings: dict[str, float] | None = None,
+) -> list[Try]:
     """Sample and judge every try: harmful seeds in the refusal context, the other kinds plainly; marks `accepted`."""
     timings = timings if timings is not None else {}
     answers: list[tuple[str, int, Seed, Completion]] = []
@@ -155,14 +173,16 @@ def collect(engine, judge: Judge, seeds: dict[str, list[Seed]], wcfg: WarmStartC
     t0 = time.perf_counter()
     for kind in ("benign", "borderline"):
         plain = seeds.get(kind, [])
-        outs = _generate(engine, [defender_request(s.text) for s in plain], wcfg.plain_sampling, wcfg.plain_tries,
-                         chunk, advance)
+        outs = _generate(
+            engine, [defender_request(s.text) for s in plain], wcfg.plain_sampling, wcfg.plain_tries, chunk, advance
+        )
         answers += [(kind, i, plain[i], c) for i, o in enumerate(outs) for c in o]
     timings["generate_plain"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    verdicts = judge.judge([JudgeInput(goal=seed.text, prompt=seed.text, response=c.text)
-                            for _kind, _i, seed, c in answers])
+    verdicts = judge.judge(
+        [JudgeInput(goal=seed.text, prompt=seed.text, response=c.text) for _kind, _i, seed, c in answers]
+    )
     tries = []
     for (kind, i, seed, c), v in zip(answers, verdicts):
         accepted = full_refusal(v) if kind == "harmful" else helpful(v, c.text)
@@ -204,15 +224,26 @@ def refusal_diversity(texts: list[str]) -> dict[str, Any]:
 
     counts = Counter(opening(t) for t in texts)
     n = len(texts)
-    return {"n": n, "unique": len(set(texts)), "distinct_openings": len(counts),
-            "distinct_opening_share": round(len(counts) / n, 4) if n else None,
-            "top_openings": [[o, c] for o, c in counts.most_common(5)],
-            "top_opening_share": round(counts.most_common(1)[0][1] / n, 4) if n else None,
-            "self_bleu": (round(b, 4) if (b := self_bleu(texts)) is not None else None)}
+    return {
+        "n": n,
+        "unique": len(set(texts)),
+        "distinct_openings": len(counts),
+        "distinct_opening_share": round(len(counts) / n, 4) if n else None,
+        "top_openings": [[o, c] for o, c in counts.most_common(5)],
+        "top_opening_share": round(counts.most_common(1)[0][1] / n, 4) if n else None,
+        "self_bleu": (round(b, 4) if (b := self_bleu(texts)) is not None else None),
+    }
 
 
-def sft(model, samples: list[TrainSample], wcfg: WarmStartConfig, pad_id: int, max_grad_norm: float,
-        rng: random.Random, progress: bool = True) -> tuple[torch.optim.Optimizer, list[dict[str, Any]]]:
+def sft(
+    model,
+    samples: list[TrainSample],
+    wcfg: WarmStartConfig,
+    pad_id: int,
+    max_grad_norm: float,
+    rng: random.Random,
+    progress: bool = True,
+) -> tuple[torch.optim.Optimizer, list[dict[str, Any]]]:
     """Supervised fine-tuning on the kept pairs (token mean per batch); returns the optimizer and the loss curve."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -222,8 +253,14 @@ def sft(model, samples: list[TrainSample], wcfg: WarmStartConfig, pad_id: int, m
     per_epoch = math.ceil(len(samples) / wcfg.batch_size)
     curve: list[dict[str, Any]] = []
     model.train()
-    with Progress(TextColumn("[bold]warm start SFT"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.description}"), TimeElapsedColumn(), disable=not progress) as bar:
+    with Progress(
+        TextColumn("[bold]warm start SFT"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        disable=not progress,
+    ) as bar:
         task = bar.add_task("", total=per_epoch * wcfg.epochs)
         for epoch in range(1, wcfg.epochs + 1):
             order = list(range(len(samples)))
@@ -236,11 +273,20 @@ def sft(model, samples: list[TrainSample], wcfg: WarmStartConfig, pad_id: int, m
                 loss.backward()
                 norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm))
                 if not (math.isfinite(loss.item()) and math.isfinite(norm)):
-                    raise WarmStartError(f"SFT step {len(curve) + 1}: non-finite loss or gradient; lower "
-                                         "warmstart.learning_rate or check model.dtype")
+                    raise WarmStartError(
+                        f"SFT step {len(curve) + 1}: non-finite loss or gradient; lower "
+                        "warmstart.learning_rate or check model.dtype"
+                    )
                 optimizer.step()
-                curve.append({"step": len(curve) + 1, "epoch": epoch, "loss": round(loss.item(), 5),
-                              "grad_norm": round(norm, 5), "tokens": logp.numel()})
+                curve.append(
+                    {
+                        "step": len(curve) + 1,
+                        "epoch": epoch,
+                        "loss": round(loss.item(), 5),
+                        "grad_norm": round(norm, 5),
+                        "tokens": logp.numel(),
+                    }
+                )
                 bar.update(task, advance=1, description=f"epoch {epoch}  loss {loss.item():.3f}")
     optimizer.zero_grad(set_to_none=True)
     return optimizer, curve
@@ -249,8 +295,11 @@ def sft(model, samples: list[TrainSample], wcfg: WarmStartConfig, pad_id: int, m
 def load_warmstart_seeds(cfg: SSPConfig, rng: random.Random) -> dict[str, list[Seed]]:
     """The seeds of each kind, cut to `warmstart.max_*` by a seeded choice (kept in file order)."""
     w = cfg.warmstart
-    seeds = {"harmful": load_seeds(cfg.game.harmful_seeds, "harmful", cfg.game.harmful_column),
-             "benign": load_benign_seeds(cfg.game), "borderline": load_borderline_seeds(cfg.game)}
+    seeds = {
+        "harmful": load_seeds(cfg.game.harmful_seeds, "harmful", cfg.game.harmful_column),
+        "benign": load_benign_seeds(cfg.game),
+        "borderline": load_borderline_seeds(cfg.game),
+    }
     for kind, limit in (("harmful", w.max_harmful), ("benign", w.max_benign), ("borderline", w.max_borderline)):
         if limit is not None and limit < len(seeds[kind]):
             chosen = sorted(rng.sample(range(len(seeds[kind])), limit))
@@ -266,8 +315,10 @@ def _check_prompts(encoder: ChatEncoder, seeds: dict[str, list[Seed]], exemplars
     for request in probes:
         _ids, truncated = encoder.encode(request)
         if truncated:
-            raise WarmStartError(f"model.max_prompt_tokens={encoder.max_prompt_tokens} is too short for the warm "
-                                 "start's refusal context; raise it or lower warmstart.exemplars")
+            raise WarmStartError(
+                f"model.max_prompt_tokens={encoder.max_prompt_tokens} is too short for the warm "
+                "start's refusal context; raise it or lower warmstart.exemplars"
+            )
 
 
 class _InOrder(random.Random):
@@ -281,8 +332,9 @@ def _count(tries: list[Try], kind: str, attr: str | None = None) -> int:
     return sum(1 for t in tries if t.kind == kind and (attr is None or getattr(t, attr)))
 
 
-def run_warmstart(cfg: SSPConfig, run_dir: str | Path, progress: bool = True, judge: Judge | None = None,
-                  engine=None) -> dict[str, Any]:
+def run_warmstart(
+    cfg: SSPConfig, run_dir: str | Path, progress: bool = True, judge: Judge | None = None, engine=None
+) -> dict[str, Any]:
     """The whole warm start into `run_dir`; returns the metrics (also written to warmstart.json).
 
     `judge` and `engine` replace the configured ones (tests); the engine must generate with the policy.
@@ -315,9 +367,17 @@ def run_warmstart(cfg: SSPConfig, run_dir: str | Path, progress: bool = True, ju
     model.to(resolve_device(cfg.run.device))
     encoder = ChatEncoder(tokenizer, cfg.model.max_prompt_tokens)
     _check_prompts(encoder, seeds, exemplars, w.exemplars)
-    engine = engine or build_rollout_engine(cfg.rollout.backend, model, tokenizer, cfg.model.max_prompt_tokens,
-                                            cfg.rollout.batch_size, dtype=cfg.rollout.dtype, rollout=cfg.rollout, model_config=cfg.model,
-                                            seed=cfg.run.seed)
+    engine = engine or build_rollout_engine(
+        cfg.rollout.backend,
+        model,
+        tokenizer,
+        cfg.model.max_prompt_tokens,
+        cfg.rollout.batch_size,
+        dtype=cfg.rollout.dtype,
+        rollout=cfg.rollout,
+        model_config=cfg.model,
+        seed=cfg.run.seed,
+    )
     for name in (WARMSTART_FILE, PAIRS_FILE, TRIES_FILE):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / ckpt.CHECKPOINT_DIR, ignore_errors=True)
@@ -325,40 +385,78 @@ def run_warmstart(cfg: SSPConfig, run_dir: str | Path, progress: bool = True, ju
     dump_config(cfg, run_dir / "config.yaml")
     timings["setup"] = time.perf_counter() - t0
 
-    total_tries = (len(seeds["harmful"]) * w.harmful_tries
-                   + (len(seeds["benign"]) + len(seeds["borderline"])) * w.plain_tries)
-    with Progress(TextColumn("[bold]warm start answers"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  disable=not progress) as bar:
+    total_tries = (
+        len(seeds["harmful"]) * w.harmful_tries + (len(seeds["benign"]) + len(seeds["borderline"])) * w.plain_tries
+    )
+    with Progress(
+        TextColumn("[bold]warm start answers"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=not progress,
+    ) as bar:
         task = bar.add_task("", total=total_tries)
-        tries = collect(engine, judge, seeds, w, exemplars, rng, chunk=cfg.rollout.batch_size,
-                        advance=lambda n: bar.update(task, advance=n), timings=timings)
+        tries = collect(
+            engine,
+            judge,
+            seeds,
+            w,
+            exemplars,
+            rng,
+            chunk=cfg.rollout.batch_size,
+            advance=lambda n: bar.update(task, advance=n),
+            timings=timings,
+        )
     invalid = sum(1 for t in tries if not t.verdict.valid)
     if tries and invalid / len(tries) > cfg.judge.max_invalid_share:
-        raise WarmStartError(f"{invalid} of {len(tries)} judgments were invalid (> judge.max_invalid_share="
-                             f"{cfg.judge.max_invalid_share}); the judge is failing")
+        raise WarmStartError(
+            f"{invalid} of {len(tries)} judgments were invalid (> judge.max_invalid_share="
+            f"{cfg.judge.max_invalid_share}); the judge is failing"
+        )
     kept = select(tries, w.keep_per_seed)
     with open(run_dir / TRIES_FILE, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(t.to_dict()) + "\n" for t in tries)
     with open(run_dir / PAIRS_FILE, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps({"kind": t.kind, "category": t.seed.category, "prompt": t.seed.text,
-                                 "answer": t.completion.text}) + "\n" for t in kept)
+        f.writelines(
+            json.dumps(
+                {"kind": t.kind, "category": t.seed.category, "prompt": t.seed.text, "answer": t.completion.text}
+            )
+            + "\n"
+            for t in kept
+        )
     if not kept:
-        raise WarmStartError(f"no pair was kept out of {len(tries)} tries (see {run_dir / TRIES_FILE}); nothing to "
-                             "learn. More tries (warmstart.harmful_tries), other exemplars or another judge may help")
+        raise WarmStartError(
+            f"no pair was kept out of {len(tries)} tries (see {run_dir / TRIES_FILE}); nothing to "
+            "learn. More tries (warmstart.harmful_tries), other exemplars or another judge may help"
+        )
 
     t0 = time.perf_counter()
-    samples = [TrainSample("defender", encoder.encode(defender_request(t.seed.text))[0], t.completion.completion_ids,
-                           advantage=0.0, sft_weight=1.0) for t in kept]
+    samples = [
+        TrainSample(
+            "defender",
+            encoder.encode(defender_request(t.seed.text))[0],
+            t.completion.completion_ids,
+            advantage=0.0,
+            sft_weight=1.0,
+        )
+        for t in kept
+    ]
     optimizer, curve = sft(model, samples, w, tokenizer.pad_token_id, cfg.rl.max_grad_norm, rng, progress)
     timings["sft"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     pool = ExperiencePool(run_dir / POOL_FILE, cfg.replay)  # empty: `ssp train --resume` finds the usual layout
     try:
-        path = ckpt.save_checkpoint(run_dir, 0, model, optimizer, rng, pool,
-                                    yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
-                                    {"finetune": cfg.model.finetune, "model": cfg.model.name_or_path,
-                                     "world_size": 1, "warmstart": True})
+        path = ckpt.save_checkpoint(
+            run_dir,
+            0,
+            model,
+            optimizer,
+            rng,
+            pool,
+            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False),
+            {"finetune": cfg.model.finetune, "model": cfg.model.name_or_path, "world_size": 1, "warmstart": True},
+        )
     finally:
         pool.close()
     timings["checkpoint"] = time.perf_counter() - t0
@@ -366,8 +464,9 @@ def run_warmstart(cfg: SSPConfig, run_dir: str | Path, progress: bool = True, ju
 
     per_seed: dict[tuple[str, int], dict[str, Any]] = {}
     for t in tries:
-        row = per_seed.setdefault((t.kind, t.seed_index), {"kind": t.kind, "prompt": t.seed.text, "tries": 0,
-                                                          "accepted": 0, "kept": 0})
+        row = per_seed.setdefault(
+            (t.kind, t.seed_index), {"kind": t.kind, "prompt": t.seed.text, "tries": 0, "accepted": 0, "kept": 0}
+        )
         row["tries"] += 1
         row["accepted"] += t.accepted
         row["kept"] += t.kept
@@ -383,17 +482,29 @@ def run_warmstart(cfg: SSPConfig, run_dir: str | Path, progress: bool = True, ju
         "accepted": {k: _count(tries, k, "accepted") for k in kinds},
         "kept": {k: _count(tries, k, "kept") for k in kinds},
         "pairs_kept": len(kept),
-        "acceptance_rate": {k: round(_count(tries, k, "accepted") / n, 4) if (n := _count(tries, k)) else None
-                            for k in kinds},
-        "seeds_with_a_pair": {k: round(sum(1 for r in per_seed.values() if r["kind"] == k and r["kept"])
-                                       / len(seeds[k]), 4) if seeds[k] else None for k in kinds},
+        "acceptance_rate": {
+            k: round(_count(tries, k, "accepted") / n, 4) if (n := _count(tries, k)) else None for k in kinds
+        },
+        "seeds_with_a_pair": {
+            k: round(sum(1 for r in per_seed.values() if r["kind"] == k and r["kept"]) / len(seeds[k]), 4)
+            if seeds[k]
+            else None
+            for k in kinds
+        },
         "truncated_kept": sum(1 for t in kept if not t.completion.finished),
         "judge_invalid": invalid,
         "refusal_diversity": refusal_diversity(refusals),
-        "accepted_refusal_diversity": refusal_diversity([t.completion.text for t in tries
-                                                         if t.kind == "harmful" and t.accepted]),
-        "sft": {"pairs": len(samples), "epochs": w.epochs, "steps": len(curve),
-                "first_loss": curve[0]["loss"], "last_loss": curve[-1]["loss"], "loss": curve},
+        "accepted_refusal_diversity": refusal_diversity(
+            [t.completion.text for t in tries if t.kind == "harmful" and t.accepted]
+        ),
+        "sft": {
+            "pairs": len(samples),
+            "epochs": w.epochs,
+            "steps": len(curve),
+            "first_loss": curve[0]["loss"],
+            "last_loss": curve[-1]["loss"],
+            "loss": curve,
+        },
         "time_s": {k: round(v, 2) for k, v in timings.items()},
         "per_seed": [{**r, "acceptance_rate": round(r["accepted"] / r["tries"], 4)} for r in per_seed.values()],
     }
