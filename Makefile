@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # A bare `torch` requirement resolves to a multi-GB CUDA build; without a GPU, put the CPU build in first.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast bench-quick clean
+.PHONY: setup demo test lint test-fast bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# ruff lint and format check (configured in pyproject.toml); CI runs it before the tests.
+lint: setup
+	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks scripts
 
 clean:
 	rm -rf $(VENV) runs
