@@ -752,10 +752,9 @@ def test_vllm_backend_needs_configs_and_the_extra(tiny_cfg, monkeypatch):
         build_rollout_engine("vllm", policy, tok, 64, 8, rollout=cfg.rollout, model_config=cfg.model)
 
 
-def test_training_with_the_server_backend_matches_the_hf_backend(served, tmp_path, monkeypatch):
+def test_training_with_the_server_backend_matches_the_hf_backend(served, tmp_path):
     """Two greedy SSP steps through the real trainer: rollouts from the vLLM-server path (adapter refreshed
     after every update) give the same rewards and losses as HF `generate` on the training model."""
-    import ssp.training.trainer as trainer_module
     from ssp.training.trainer import Trainer
 
     _, _, cfg, server = served
@@ -783,15 +782,8 @@ def test_training_with_the_server_backend_matches_the_hf_backend(served, tmp_pat
             "rollout.vllm.api_key_env=SSP_TEST_VLLM_KEY",
         ],
     )
-    build = trainer_module.build_rollout_engine
-    # What the trainer passes once it hands the vLLM backend its configs (see docs/gpu.md).
-    monkeypatch.setattr(
-        trainer_module,
-        "build_rollout_engine",
-        lambda *a, **k: build(*a, rollout=vllm_cfg.rollout, model_config=vllm_cfg.model, seed=vllm_cfg.run.seed),
-    )
+    # The trainer hands the vLLM backend its rollout and model configs itself (rollout.engines.engine_for_run).
     Trainer(vllm_cfg, tmp_path / "vllm", progress=False).train()
-    monkeypatch.setattr(trainer_module, "build_rollout_engine", build)
     Trainer(hf_cfg, tmp_path / "hf", progress=False).train()
 
     def rows(run):

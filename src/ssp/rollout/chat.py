@@ -43,3 +43,14 @@ class ChatEncoder:
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """End-of-turn ids, as every engine uses them: the generation config's EOS and the tokenizer's."""
+    config = getattr(model, "generation_config", None)
+    eos = getattr(config, "eos_token_id", None)
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tokenizer.eos_token_id}
+    ids.discard(None)
+    # The tokenizer's EOS first: it is the one appended if a server drops the stop token (see below).
+    first = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return first + sorted(ids - set(first))

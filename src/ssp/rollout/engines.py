@@ -43,3 +43,18 @@ def build_rollout_engine(
 
         return build_vllm_engine(model, tokenizer, max_prompt_tokens, rollout, model_config, seed=seed)
     raise ValueError(f"rollout.backend: unknown backend {backend!r}")
+
+
+def engine_for_run(cfg, model, tokenizer):
+    """The rollout engine a run's config (`SSPConfig`) asks for: `ssp train` and `ssp warmstart` build it alike."""
+    return build_rollout_engine(
+        cfg.rollout.backend,
+        model,
+        tokenizer,
+        cfg.model.max_prompt_tokens,
+        cfg.rollout.batch_size,
+        dtype=cfg.rollout.dtype,
+        rollout=cfg.rollout,
+        model_config=cfg.model,
+        seed=cfg.run.seed,
+    )

@@ -8,7 +8,7 @@ import torch
 
 from ssp.config import SamplingConfig
 from ssp.rollout.base import ChatRequest, Completion
-from ssp.rollout.chat import ChatEncoder
+from ssp.rollout.chat import ChatEncoder, eos_token_ids
 
 
 def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -60,8 +60,7 @@ class HFRolloutEngine:
         self.tokenizer = tokenizer
         self.encoder = ChatEncoder(tokenizer, max_prompt_tokens)
         self.batch_size = batch_size
-        eos = model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        self.eos_ids = set(eos_token_ids(model, tokenizer))
         self.pad_id = tokenizer.pad_token_id
 
     def refresh_weights(self) -> None:

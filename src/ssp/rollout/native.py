@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ssp.config import SamplingConfig
 from ssp.rollout.base import ChatRequest, Completion
-from ssp.rollout.chat import ChatEncoder
+from ssp.rollout.chat import ChatEncoder, eos_token_ids
 
 SUPPORTED_TYPES = ("llama", "mistral", "qwen2")
 CANDIDATE_TIERS = (64, 1024)  # top-p is decided on these many tokens per row before a full sort
@@ -166,9 +166,7 @@ class NativeRolloutEngine:
         self.dtype = _DTYPES[dtype]
         bare = _bare(model)
         self.config = bare.config
-        eos = bare.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-        self.eos_ids.discard(None)
+        self.eos_ids = set(eos_token_ids(bare, tokenizer))
         self._rotary = next(m for name, m in bare.named_modules() if name.endswith("rotary_emb"))
         c = self.config
         self.n_heads = c.num_attention_heads
@@ -273,10 +271,10 @@ class NativeRolloutEngine:
     def generate(self, requests: list[ChatRequest], sampling: SamplingConfig, n: int = 1) -> list[list[Completion]]:
         encoded = [self.encoder.encode(r) for r in requests]
         jobs = [(i, ids, trunc) for i, (ids, trunc) in enumerate(encoded) for _ in range(n)]
+        if self._stale:  # before the early return: under FSDP/ZeRO-3 building gathers weights on every rank
+            self._build_weights()
         if not jobs:
             return [[] for _ in requests]
-        if self._stale:
-            self._build_weights()
         outputs = self._run([ids for _, ids, _ in jobs], sampling)
         results: list[list[Completion]] = [[] for _ in requests]
         for (i, prompt, trunc), (ids, finished) in zip(jobs, outputs):

@@ -36,8 +36,8 @@ import torch
 from ssp import parallel
 from ssp.config import ModelConfig, SamplingConfig, VLLMRolloutConfig
 from ssp.rollout.base import ChatRequest, Completion
-from ssp.rollout.chat import ChatEncoder
-from ssp.rollout.vllm_requests import build_completion, copies_of, eos_token_ids, sampling_params
+from ssp.rollout.chat import ChatEncoder, eos_token_ids
+from ssp.rollout.vllm_requests import build_completion, copies_of, sampling_params
 from ssp.rollout.weights import export_weights, materialize_model
 
 log = logging.getLogger(__name__)

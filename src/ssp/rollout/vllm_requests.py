@@ -16,17 +16,6 @@ from ssp.config import SamplingConfig
 from ssp.rollout.base import Completion
 
 
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """End-of-turn ids, as the HF backend uses them: the generation config's EOS and the tokenizer's."""
-    config = getattr(model, "generation_config", None)
-    eos = getattr(config, "eos_token_id", None)
-    ids = set(eos if isinstance(eos, (list, tuple)) else [eos]) | {tokenizer.eos_token_id}
-    ids.discard(None)
-    # The tokenizer's EOS first: it is the one appended if a server drops the stop token (see below).
-    first = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    return first + sorted(ids - set(first))
-
-
 def samples_per_call(sampling: SamplingConfig, n: int) -> int:
     """Greedy decoding gives one answer; ask once and copy it (vLLM may refuse n > 1 when greedy)."""
     return 1 if sampling.temperature == 0 else n

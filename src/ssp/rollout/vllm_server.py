@@ -30,8 +30,8 @@ from pathlib import Path
 from ssp import parallel
 from ssp.config import SamplingConfig, VLLMRolloutConfig
 from ssp.rollout.base import ChatRequest, Completion
-from ssp.rollout.chat import ChatEncoder
-from ssp.rollout.vllm_requests import completion_request, completions_from_response, eos_token_ids
+from ssp.rollout.chat import ChatEncoder, eos_token_ids
+from ssp.rollout.vllm_requests import completion_request, completions_from_response
 from ssp.rollout.weights import lora_adapter_state, lora_layers, save_adapter
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from ssp.models.loader import load_policy, resolve_device
 from ssp.parallel import broadcast_parameters, full_tensor, zero3_gathered
 from ssp.replay.pool import ExperiencePool
 from ssp.rl.grpo import grpo_update, trainable
-from ssp.rollout.engines import build_rollout_engine
+from ssp.rollout.engines import engine_for_run, resolve_backend
 from ssp.training import checkpoint as ckpt
 from ssp.training import tracking
 from ssp.training.distributed import (
@@ -158,19 +158,11 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # FSDP replaced them with shards
         keep_later_models_whole(self.accelerator)
         self.policy = self.accelerator.unwrap_model(self.model)  # generation and saving use the bare module
-        self.engine = build_rollout_engine(
-            cfg.rollout.backend,
-            self.policy,
-            self.tokenizer,
-            cfg.model.max_prompt_tokens,
-            cfg.rollout.batch_size,
-            dtype=cfg.rollout.dtype,
-            rollout=cfg.rollout,
-            model_config=cfg.model,
-            seed=cfg.run.seed,
-        )
+        self.engine = engine_for_run(cfg, self.policy, self.tokenizer)
         engine, judge = self.engine, self.judge
-        whole = generation_context(self.accelerator, self.model) if cfg.rollout.backend == "hf" else None
+        # `generate` needs the sharded policy made whole; the native engine gathers its own weight copy instead.
+        hf = resolve_backend(cfg.rollout.backend, self.policy) == "hf"  # `auto` may mean hf too
+        whole = generation_context(self.accelerator, self.model) if hf else None
         if self.ranks.world > 1 or whole is not None:
             engine, judge = ShardedEngine(engine, self.ranks, whole), ShardedJudge(judge, self.ranks)
         self.game = SelfPlayGame(cfg, engine, judge, self.harmful, self.benign, load_strategy_hints(), embedder)

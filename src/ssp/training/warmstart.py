@@ -343,7 +343,7 @@ def run_warmstart(
 
     from ssp.models.loader import load_policy, resolve_device
     from ssp.replay.pool import ExperiencePool
-    from ssp.rollout.engines import build_rollout_engine
+    from ssp.rollout.engines import engine_for_run
 
     t_start = time.perf_counter()
     w = cfg.warmstart
@@ -367,17 +367,7 @@ def run_warmstart(
     model.to(resolve_device(cfg.run.device))
     encoder = ChatEncoder(tokenizer, cfg.model.max_prompt_tokens)
     _check_prompts(encoder, seeds, exemplars, w.exemplars)
-    engine = engine or build_rollout_engine(
-        cfg.rollout.backend,
-        model,
-        tokenizer,
-        cfg.model.max_prompt_tokens,
-        cfg.rollout.batch_size,
-        dtype=cfg.rollout.dtype,
-        rollout=cfg.rollout,
-        model_config=cfg.model,
-        seed=cfg.run.seed,
-    )
+    engine = engine or engine_for_run(cfg, model, tokenizer)
     for name in (WARMSTART_FILE, PAIRS_FILE, TRIES_FILE):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / ckpt.CHECKPOINT_DIR, ignore_errors=True)
