@@ -19,7 +19,8 @@
 # Held out from training: HarmBench standard behaviours, XSTest safe prompts, a slice of ../shared/data's benign
 # instructions (the preset's benign pool is the rest of that file, game.benign_held_out). Attacks: direct,
 # template (three packaged templates the static baseline does not train on), self (the model's own Attacker);
-# Defender greedy, 64 new tokens, heuristic judge: the same evaluation as the first experiment (docs/results.md).
+# Defender greedy, 64 new tokens, heuristic judge grading harm by topicality (the preset's training judge, and
+# what the first experiment's judge did): the same evaluation as the first experiment (docs/results.md).
 #
 # Resumable: each stage (warm start, training, evaluation of one row) leaves a marker in $OUT/done/ when it
 # finishes and is skipped next time; an interrupted training resumes from its last checkpoint, an evaluation
@@ -101,7 +102,8 @@ evaluate() {  # evaluate ROW [ssp eval options...]
     --benchmark generic:benign="$DATA/benign_instructions.jsonl" \
     --benchmark-option benign.kind=benign --benchmark-option benign.prompt=instruction \
     --attack direct --attack self --attack template "${EVAL_TEMPLATES[@]}" --self-samples 2 \
-    --judge heuristic --max-new-tokens 64 --attacker-max-new-tokens 64 --accept-truncated-attacks \
+    --judge heuristic --judge-option harm_grading=topicality \
+    --max-new-tokens 64 --attacker-max-new-tokens 64 --accept-truncated-attacks \
     --limit "$LIMIT" --threads "$THREADS" --quiet --output "$OUT/eval-$row"
 }
 
