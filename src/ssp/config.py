@@ -275,7 +275,7 @@ class RunConfig(_Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
     report_to: list[Literal["tensorboard", "wandb", "trackio", "none"]] = Field(
-        default_factory=lambda: ["none"],
+        ["none"],  # pydantic copies a list default per instance
         description="experiment trackers that also get every metrics.jsonl row "
         "(accelerate's tracker API; `pip install 'ssp[track]'`); see ssp.training.tracking",
     )

@@ -289,7 +289,7 @@ def load_guard_model(
             m = AutoModelForCausalLM.from_pretrained(
                 model, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code
             )
-            m.to(dev)
+            m.to(dev)  # type: ignore[arg-type]  # transformers' @wraps(nn.Module.to) types the bound call as unbound
             m.eval()
             _MODELS[key] = (m, tok)
         return _MODELS[key]
