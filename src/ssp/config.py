@@ -1,5 +1,7 @@
 """Typed configuration: pydantic models, YAML presets and `--set a.b=c` overrides.
 
+Over 500 lines: every option of `ssp train` and `ssp eval` is one field of this one schema, by design.
+
 Every option the paper leaves open is a field here, so ablations are a config change.
 Unknown keys are errors (a typo must never silently fall back to a default).
 """

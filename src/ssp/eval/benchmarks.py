@@ -1,5 +1,7 @@
 """Benchmark loaders: local files or Hugging Face datasets, mapped onto one item type.
 
+Over 500 lines: the table of built-in benchmark definitions sits beside the one loader that reads it.
+
 A benchmark is named on the command line as ``NAME[:SPLIT[+SPLIT...]][=SOURCE]``:
 
 * ``harmbench=../shared/data/harmbench_behaviors_text_val.csv`` — local file, default splits;
