@@ -27,10 +27,12 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-# ruff lint and format check (configured in pyproject.toml); CI runs it before the tests.
+# ruff lint and format check, then the mypy type check of src/ (all configured in pyproject.toml);
+# CI runs it before the tests.
 lint: setup
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
+	$(BIN)/mypy src
 
 clean:
 	rm -rf $(VENV) runs

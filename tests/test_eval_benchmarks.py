@@ -6,6 +6,7 @@ import pytest
 
 from ssp.eval.benchmarks import (
     BenchmarkError,
+    BenchmarkSpec,
     limit_suite,
     load_benchmarks,
     load_suites,
@@ -196,6 +197,10 @@ def test_spec_errors(tmp_path):
     bad.write_text('{"prompt": "ok"}\n{broken\n', encoding="utf-8")
     with pytest.raises(BenchmarkError, match="line 2"):
         load_suites(spec(f"generic={bad}"))
+    # A spec built by hand skips parse_benchmark_spec's name check; loading it must still say what is wrong
+    # (it used to call None and raise a bare TypeError).
+    with pytest.raises(BenchmarkError, match="unknown benchmark 'harmbnech'"):
+        load_suites(BenchmarkSpec("harmbnech", (), None))
 
 
 def test_hub_loading_calls_datasets_with_ids_configs_and_splits(monkeypatch):

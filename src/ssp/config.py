@@ -1,5 +1,7 @@
 """Typed configuration: pydantic models, YAML presets and `--set a.b=c` overrides.
 
+Over 500 lines: every option of `ssp train` and `ssp eval` is one field of this one schema, by design.
+
 Every option the paper leaves open is a field here, so ablations are a config change.
 Unknown keys are errors (a typo must never silently fall back to a default).
 """
@@ -275,7 +277,7 @@ class RunConfig(_Strict):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's)")
     report_to: list[Literal["tensorboard", "wandb", "trackio", "none"]] = Field(
-        default_factory=lambda: ["none"],
+        ["none"],  # pydantic copies a list default per instance
         description="experiment trackers that also get every metrics.jsonl row "
         "(accelerate's tracker API; `pip install 'ssp[track]'`); see ssp.training.tracking",
     )

@@ -1,5 +1,7 @@
 """Benchmark loaders: local files or Hugging Face datasets, mapped onto one item type.
 
+Over 500 lines: the table of built-in benchmark definitions sits beside the one loader that reads it.
+
 A benchmark is named on the command line as ``NAME[:SPLIT[+SPLIT...]][=SOURCE]``:
 
 * ``harmbench=../shared/data/harmbench_behaviors_text_val.csv`` — local file, default splits;
@@ -290,6 +292,7 @@ def parse_benchmark_spec(text: str, options: dict[str, dict[str, str]] | None = 
             raise BenchmarkError(f"benchmark {label!r}: kind must be harmful or benign, got {opts['kind']!r}")
         return BenchmarkSpec(name, (label,), source, opts)
     bdef = _definition(name)
+    assert bdef is not None, "unknown names and loader plugins were answered above"
     for s in splits:
         if s not in bdef.splits:
             raise BenchmarkError(f"--benchmark {text!r}: {name} has no split {s!r}; splits: {', '.join(bdef.splits)}")
@@ -398,7 +401,11 @@ def load_suites(spec: BenchmarkSpec) -> list[Suite]:
         return [_load_generic(spec)]
     bdef = _definition(spec.name)
     if bdef is None:
-        suites = plugin_benchmark(spec.name)(spec)
+        loader = plugin_benchmark(spec.name)
+        if loader is None:  # a spec built by hand rather than by parse_benchmark_spec
+            raise BenchmarkError(f"unknown benchmark {spec.name!r}")
+        assert not isinstance(loader, BenchmarkDef), "_definition returns every BenchmarkDef"
+        suites = loader(spec)
         if not isinstance(suites, list) or not suites or not all(isinstance(x, Suite) for x in suites):
             raise BenchmarkError(f"benchmark plugin {spec.name!r}: the loader must return a non-empty list of Suite")
         return suites

@@ -1,5 +1,7 @@
 """Self-contained HTML reports: evaluation folders (`ssp eval`), training runs (`ssp report`), `ssp compare`.
 
+Over 500 lines: the three pages share one template environment, escaping and plot helpers.
+
 One file, no external resource: CSS inline, plots rendered by matplotlib (Agg) and embedded as base64 PNG. The
 markup lives in jinja2 templates (eval/templates/) with autoescape on, so every value from a model, a dataset or a
 judge is escaped by construction; control characters are made visible on the way out. This module turns the data

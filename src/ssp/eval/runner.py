@@ -1,5 +1,7 @@
 """`ssp eval`: generate, judge, aggregate; resumable.
 
+Over 500 lines: one run's settings, resumable store, generate-judge-aggregate loop and folder lock.
+
 Output folder:
 * ``eval_config.json``  the settings of the run (written first; a later run into the same folder must
   agree on everything that changes generations, or it stops and says what differs);

@@ -155,8 +155,7 @@ class SelfPlayGame:
         # plus reflective re-answers of replayed failures. One batched generation for all of them.
         M = g.answers_per_prompt
         jobs: list[tuple[str, Any, ChatRequest]] = []
-        sent = [a for a in attacks if a.text is not None]
-        jobs += [("attack", a, defender_request(a.text)) for a in sent for _ in range(M)]
+        jobs += [("attack", a, defender_request(a.text)) for a in attacks if a.text is not None for _ in range(M)]
         jobs += [("replay", e, defender_request(e.attack)) for e in replay for _ in range(M)]
         if r.reflect:
             for e in replay:
@@ -260,17 +259,22 @@ class SelfPlayGame:
                 reward = 0.0
                 tally.add_attack(Outcome.ATTACK_UNPARSED)
             else:
-                valid = [(ans, v, sc) for ans, v, sc in by_prompt.get(("attack", id(a)), []) if sc.r_att is not None]
+                # (answer, verdict, r_att, r_def) of the validly judged answers: a valid verdict gives both rewards.
+                valid = [
+                    (ans, v, sc.r_att, sc.r_def)
+                    for ans, v, sc in by_prompt.get(("attack", id(a)), [])
+                    if sc.r_att is not None and sc.r_def is not None
+                ]
                 if not valid:
                     continue  # unjudged: never train on it
                 if not a.gate_passed:
                     reward = 0.0
                     tally.add_attack(Outcome.ATTACK_OFF_GOAL)
                 else:
-                    reward = _mean([sc.r_att for _a, _v, sc in valid])
-                    mean_def = _mean([sc.r_def for _a, _v, sc in valid])
+                    reward = _mean([r_att for _a, _v, r_att, _d in valid])
+                    mean_def = _mean([r_def for _a, _v, _r, r_def in valid])
                     if mean_def < self.cfg.replay.admit_below:
-                        candidates.append(self._candidate(a, valid, mean_def))
+                        candidates.append(self._candidate(a.goal.text, a.text, valid, mean_def))
             attack_rewards.append(reward)
             if a.completion is not None:  # static attacks: the Attacker does not learn
                 group = by_goal.setdefault(id(a.goal), Group("attacker", ro.attacker.temperature))
@@ -303,14 +307,16 @@ class SelfPlayGame:
         return StepResult(samples, exchanges, candidates, replay_rewards, metrics)
 
     @staticmethod
-    def _candidate(a: _Attack, valid: list[tuple[Completion, Verdict, ScoredAnswer]], mean_def: float) -> Candidate:
+    def _candidate(
+        goal: str, attack: str, valid: list[tuple[Completion, Verdict, float, float]], mean_def: float
+    ) -> Candidate:
         """A pool candidate from an attack the Defender failed: its failing answers, the worst rationale."""
         worst = max(valid, key=lambda m: m[1].score)
         return Candidate(
-            goal=a.goal.text,
-            attack=a.text,
-            responses=[ans.text for ans, _v, sc in valid if sc.r_def < 0.5] or [worst[0].text],
-            score=_mean([v.score for _a, v, _s in valid]),
+            goal=goal,
+            attack=attack,
+            responses=[ans.text for ans, _v, _r, r_def in valid if r_def < 0.5] or [worst[0].text],
+            score=_mean([v.score for _a, v, _r, _d in valid]),
             rationale=worst[1].rationale,
             mean_reward=mean_def,
         )

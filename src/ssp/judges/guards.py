@@ -1,5 +1,7 @@
 """Guard-model judges through transformers: `llama_guard`, `wildguard`, `harmbench_classifier`.
 
+Over 500 lines: three judges sharing one loader and base class, with each model card's format and mapping.
+
 Each judge formats its input exactly as the model card of its model defines, generates greedily,
 parses the model's answer, and maps it onto one Verdict. The model id or local folder is the option
 `model`; nothing else is fixed to a hub, so a local copy (or, in tests, a tiny random model of the
@@ -289,7 +291,7 @@ def load_guard_model(
             m = AutoModelForCausalLM.from_pretrained(
                 model, revision=revision, dtype=torch_dtype, trust_remote_code=trust_remote_code
             )
-            m.to(dev)
+            m.to(dev)  # type: ignore[arg-type]  # transformers' @wraps(nn.Module.to) types the bound call as unbound
             m.eval()
             _MODELS[key] = (m, tok)
         return _MODELS[key]

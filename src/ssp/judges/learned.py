@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
 from ssp.judges.base import JudgeInput, Verdict, validate_options
@@ -233,8 +234,9 @@ def pattern_files_for(sources: Sequence[str]) -> list[str] | None:
     return [n for n in names if n in XSTEST_FILES] if all(n in XSTEST_FILES for n in names) else None
 
 
-def calibration(prob: Sequence[float], truth: Sequence[bool], bins: int = 10) -> dict[str, Any]:
-    """Expected calibration error over equal-width bins and the per-bin (confidence, accuracy, count)."""
+def calibration(prob: npt.ArrayLike, truth: npt.ArrayLike, bins: int = 10) -> dict[str, Any]:
+    """Expected calibration error over equal-width bins and the per-bin (confidence, accuracy, count);
+    `prob` and `truth` (0/1) are sequences or arrays of one length."""
     p = np.asarray(prob, dtype=np.float64)
     t = np.asarray(truth, dtype=np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)

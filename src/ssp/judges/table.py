@@ -57,14 +57,14 @@ def to_inputs(
     for col, what in ((prompt_col, "--prompt-col"), (response_col, "--response-col")):
         if col not in columns:
             raise TableError(f"{source}: column {col!r} not found ({what}); columns: {', '.join(columns)}")
-    use_goal = goal_col is not None and goal_col in columns
+    goal_key = goal_col if goal_col is not None and goal_col in columns else None
     out = []
     for i, r in enumerate(rows):
         for col in (prompt_col, response_col):
             if col not in r:
                 raise TableError(f"{source}: row {i + 1} has no column {col!r}")
         prompt = _text(r[prompt_col])
-        goal = _text(r.get(goal_col)) if use_goal else ""
+        goal = _text(r.get(goal_key)) if goal_key is not None else ""
         out.append(JudgeInput(goal=goal or prompt, prompt=prompt, response=_text(r[response_col])))
     return out
 

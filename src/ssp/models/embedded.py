@@ -75,12 +75,11 @@ def _convert(gguf: Path, out: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # Loaded from GGUF, the model is flagged as quantised; peft/TRL refuse it and it will not save.
-    model.hf_quantizer = None
-    for attr in ("is_quantized", "quantization_method"):
+    for attr, cleared in (("hf_quantizer", None), ("is_quantized", False), ("quantization_method", None)):
         if hasattr(model, attr):
             try:
-                setattr(model, attr, None if attr == "quantization_method" else False)
-            except AttributeError:
+                setattr(model, attr, cleared)
+            except AttributeError:  # a read-only property (derived from hf_quantizer)
                 pass
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config

@@ -93,9 +93,9 @@ class HFRolloutEngine:
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, ids in enumerate(prompts):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention[row, width - len(ids) :] = 1
+        for row, prompt_ids in enumerate(prompts):
+            input_ids[row, width - len(prompt_ids) :] = torch.tensor(prompt_ids)
+            attention[row, width - len(prompt_ids) :] = 1
         do_sample = sampling.temperature > 0
         kwargs = dict(
             do_sample=do_sample,
@@ -109,7 +109,7 @@ class HFRolloutEngine:
         sampler = cpu_fast_sampling() if do_sample and self.fast_sampling else contextlib.nullcontext()
         with sampler:
             out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs)
-        completions = []
+        completions: list[Completion] = []
         for row in out[:, width:].tolist():
             ids: list[int] = []
             finished = False

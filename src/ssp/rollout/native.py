@@ -110,7 +110,8 @@ def filter_probs(logits: torch.Tensor, sampling: SamplingConfig) -> tuple[torch.
         logz = torch.logsumexp(scaled, dim=-1, keepdim=True)
     if sampling.top_p >= 1.0:
         return torch.exp(scaled - logz), torch.arange(vocab).expand_as(scaled)
-    parts = []  # (rows, probs, ids) per tier, each cut to its longest nucleus
+    # (rows, probs, ids) per tier, each cut to its longest nucleus
+    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     rows = torch.arange(scaled.shape[0])
     for k in (*CANDIDATE_TIERS, vocab):
         k = min(k, vocab)
@@ -196,12 +197,12 @@ class NativeRolloutEngine:
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
             a = p + "self_attn."
-            biases = [w.get(a + f"{n}_proj.bias") for n in "qkv"]
+            biases = [b for n in "qkv" if (b := w.get(a + f"{n}_proj.bias")) is not None]
             self.layers.append(
                 _Layer(
                     ln1=get(p + "input_layernorm.weight"),
                     qkv=torch.cat([get(a + f"{n}_proj.weight") for n in "qkv"]).contiguous(),
-                    qkv_bias=torch.cat(biases) if all(b is not None for b in biases) else None,
+                    qkv_bias=torch.cat(biases) if len(biases) == 3 else None,
                     o=get(a + "o_proj.weight"),
                     o_bias=w.get(a + "o_proj.bias"),
                     ln2=get(p + "post_attention_layernorm.weight"),
@@ -293,7 +294,7 @@ class NativeRolloutEngine:
         """Decode every prompt; returns (completion ids, finished) in prompt order."""
         max_new = sampling.max_new_tokens
         started = time.perf_counter()
-        clock = dict.fromkeys(
+        clock: dict[str, float] = dict.fromkeys(
             ("prefill_s", "decode_s", "sampling_s", "prefill_tokens", "decode_steps", "decode_rows"), 0
         )
         window = getattr(self.config, "sliding_window", None)

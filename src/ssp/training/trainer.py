@@ -30,7 +30,7 @@ from ssp.game.seeds import load_benign_pool, load_seeds
 from ssp.judges.registry import build_judge
 from ssp.models.loader import load_policy, resolve_device
 from ssp.parallel import broadcast_parameters, full_tensor, zero3_gathered
-from ssp.replay.pool import ExperiencePool
+from ssp.replay.pool import ExperiencePool, PoolEntry
 from ssp.rl.grpo import grpo_update, trainable
 from ssp.rollout.engines import engine_for_run, resolve_backend
 from ssp.training import checkpoint as ckpt
@@ -142,7 +142,7 @@ class Trainer:
 
         model, self.tokenizer = load_policy(cfg.model, seed=cfg.run.seed)
         if cfg.model.init_from:  # before the KL reference is copied (full fine-tuning): the start is the reference
-            self._init_from(model)
+            self._init_from(model, cfg.model.init_from)
         model.to(self.device)
         self.reference = None
         if cfg.model.finetune == "full" and cfg.rl.kl_coef > 0:
@@ -172,7 +172,7 @@ class Trainer:
         pool_path = self.run_dir / POOL_FILE
         if self.resume and latest is None:
             log.warning("--resume: no complete checkpoint in %s; starting from step 0", self.run_dir)
-        self.pool = None  # the experience pool lives on rank 0 only
+        self.pool: ExperiencePool | None = None  # the experience pool lives on rank 0 only
         if latest is not None:
             ckpt.optimizer_from_files(self.optimizer, latest, self.policy)
             ckpt.rng_from_files(self.rng, latest, self.ranks.rank)
@@ -195,11 +195,17 @@ class Trainer:
         tracking.start(self.accelerator, cfg, self.run_dir, self.start_step)
         self.accelerator.wait_for_everyone()
 
-    def _init_from(self, model) -> None:
+    @property
+    def _main_pool(self) -> ExperiencePool:
+        """The experience pool, for code that runs on rank 0 (the other ranks hold none)."""
+        assert self.pool is not None, "the experience pool lives on rank 0 only"
+        return self.pool
+
+    def _init_from(self, model, source: str) -> None:
         """model.init_from: start from another run's weights (e.g. `ssp warmstart`), whose model settings must match."""
         cfg = self.cfg.model
         try:
-            folder = ckpt.find_checkpoint(Path(cfg.init_from))
+            folder = ckpt.find_checkpoint(Path(source))
         except ValueError as e:
             raise TrainingError(f"model.init_from: {e}") from None
         saved = (yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}).get("model", {})
@@ -249,9 +255,9 @@ class Trainer:
         t_step = time.perf_counter()
         # Derived per step, not drawn from the game RNG: only rank 0 selects and logs.
         side_rng = random.Random(cfg.run.seed * 1_000_003 + step)
-        entries = []
+        entries: list[PoolEntry] = []
         if ranks.is_main and cfg.replay.mode != "none":
-            entries = self.pool.select(cfg.replay.per_step, side_rng)
+            entries = self._main_pool.select(cfg.replay.per_step, side_rng)
         entries = ranks.broadcast(entries)
         result = self.game.play(step, entries, self.rng)
 
@@ -279,12 +285,14 @@ class Trainer:
             stats.skipped = True
 
         t0 = time.perf_counter()
-        admitted, pool_stats = 0, {}
+        admitted = 0
+        pool_stats: dict[str, Any] = {}
         if ranks.is_main:
-            admitted = self.pool.admit(result.candidates, step)
+            pool = self._main_pool
+            admitted = pool.admit(result.candidates, step)
             if result.replay_rewards:
-                self.pool.update(result.replay_rewards, step)
-            pool_stats = self.pool.stats()
+                pool.update(result.replay_rewards, step)
+            pool_stats = pool.stats()
         result.timings["replay"] = time.perf_counter() - t0
 
         total = time.perf_counter() - t_step
@@ -400,7 +408,7 @@ class Trainer:
         if len(set(digests)) > 1:
             raise TrainingError(f"ranks hold different weights after training: {digests}")
         if self.ranks.is_main:
-            self.pool.close()
+            self._main_pool.close()
             (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
             tracking.finish(self.accelerator)
         self.accelerator.wait_for_everyone()

@@ -1,5 +1,7 @@
 """The warm start (DESIGN.md §6): context distillation of the model's own refusals and helpful answers.
 
+Over 500 lines: one procedure (collect, select, SFT, run) whose steps are read in order.
+
 A model that never refuses gives GRPO groups without a single refusal, so self-play cannot start
 (measured in DESIGN.md §6). Before self-play, the model
 
