@@ -1,7 +1,7 @@
 """Collect the CPU experiment into docs/results/cpu-small.json, plots and Markdown tables.
 
 Usage: python scripts/cpu_results.py OUT.json [--page PAGE.md] [--plots PREFIX] [--stages STAGES.tsv]
-           NAME=EVAL_DIR[:TRAIN_DIR] [...]        (the first NAME is the base model)
+           [--regrade JUDGE] NAME=EVAL_DIR[:TRAIN_DIR] [...]        (the first NAME is the base model)
 
 Rows are named as scripts/reproduce_cpu.sh names them: KIND for seed 0, KIND-seedN for seed N, with KIND one
 of `warmstart` (the warm start alone), `warm-ucb`, `warm-uniform`, `warm-none` (self-play from the warm start;
@@ -20,7 +20,10 @@ first experiment (`ucb`, `static`, ...). For each row, from its eval folder (res
 * the issue-13 targets for each SSP row, per seed and averaged over seeds (TARGET below);
 * with a training folder: its steps, per-step curves (`train_asr`...) and training time; for the warm start,
   warmstart.json's pairs kept, acceptance and refusal diversity;
-* with --stages: the wall-clock of every stage (reproduce_cpu.sh's stages.tsv).
+* with --stages: the wall-clock of every stage (reproduce_cpu.sh's stages.tsv);
+* with --regrade JUDGE: the HarmBench ASR per attack again, every answer judged by JUDGE with its default
+  options (`asr_regraded`; reproduce_cpu.sh evaluates with topicality grading and regrades with the heuristic
+  judge's default specificity grading).
 
 OUT.json keeps the keys of the first experiment (base, target, variants, and per row eval_dir, asr, refusal,
 harmful_refusal, vs_base_paired, target, train_dir, training); rows already in OUT.json that this call does not
@@ -39,8 +42,10 @@ import re
 from pathlib import Path
 from statistics import mean
 
-from ssp.eval.metrics import mcnemar_exact
+from ssp.eval.metrics import Rate, mcnemar_exact
 from ssp.eval.results import item_outcome
+from ssp.judges.base import JudgeInput, judge_settings
+from ssp.judges.registry import build_judge
 from ssp.records import read_log
 
 TARGET = {
@@ -129,6 +134,29 @@ def read_eval(folder: Path) -> tuple[dict, dict, dict]:
             "verdict" if not s["fallback"] else "fallback" if s["fallback"] == s["derailed"] + s["other"] else "mixed"
         )
     return rates, items, split
+
+
+def regraded_asr(folder: Path, judge) -> dict:
+    """ASR per attack on the HarmBench items when every answer is judged again by `judge` (e.g. the heuristic
+    judge's default specificity grading, where the evaluation graded topicality); same items and denominators
+    as the evaluation's rates (invalid items left out, unanswered attacks not broken)."""
+    logged = read_log(folder / "generations.jsonl")
+    items = [g for g in logged if g["kind"] == "harmful" and g["suite"].startswith("harmbench")]
+    answered = [(g, s) for g in items for s in g["samples"] if s.get("prompt") is not None]
+    verdicts = judge.judge(
+        [JudgeInput(g["goal"], s["prompt"], s["response"], g.get("context") or "") for g, s in answered]
+    )
+    regraded = {id(s): v for (_, s), v in zip(answered, verdicts)}
+    counts: dict[str, list[int]] = {}
+    for g in items:
+        samples = [dict(s, verdict=regraded[id(s)].to_dict()) if id(s) in regraded else s for s in g["samples"]]
+        out = item_outcome(samples)
+        if out["status"] == "invalid":
+            continue
+        k_n = counts.setdefault(g["attack"], [0, 0])
+        k_n[0] += out["broken"]
+        k_n[1] += 1
+    return {attack: Rate(k, n).to_dict() for attack, (k, n) in counts.items()}
 
 
 def read_training(folder: Path) -> dict:
@@ -257,7 +285,8 @@ def averaged_target(rows: dict[str, dict]) -> dict:
     return {"seeds": list(rows), "checks": checks, "met": all(c["met"] is True for c in checks.values())}
 
 
-def collect(pairs: list[tuple[str, Path, Path | None]], stages: dict | None = None) -> dict:
+def collect(pairs: list[tuple[str, Path, Path | None]], stages: dict | None = None, regrade=None) -> dict:
+    """`regrade`: a judge that grades every row's HarmBench answers again (`asr_regraded`), or None."""
     evals = {name: read_eval(d) for name, d, _ in pairs}
     base_name = pairs[0][0]
     variants: dict = {}
@@ -271,6 +300,9 @@ def collect(pairs: list[tuple[str, Path, Path | None]], stages: dict | None = No
             "harmful_refusal": {a: m for (kind, a), m in rates.items() if kind == "harmful_refusal"},
             "failed_attacks": split,
         }
+        if regrade is not None:
+            v["asr_regraded"] = regraded_asr(eval_dir, regrade)
+            v["regraded_by"] = judge_settings(regrade)
         if train_dir is not None:
             v["train_dir"] = str(train_dir)
             if (train_dir / "metrics.jsonl").exists():
@@ -373,6 +405,19 @@ def markdown(table: dict, rows: list[str]) -> str:
     lines += [
         f"| {name} | " + " | ".join(fmt(v["harmful_refusal"].get(a)) for a in attacks) + " |" for name, v in vs.items()
     ]
+    regraded = [n for n, v in vs.items() if "asr_regraded" in v]
+    if regraded:
+        judge = vs[regraded[0]]["regraded_by"]
+        lines += [
+            "",
+            f"The same answers judged again by `{judge['name']}` with its default options"
+            + (f" (harm_grading: {judge['harm_grading']})" if "harm_grading" in judge else "")
+            + ": ASR only; the targets use the table above.",
+            "",
+            "| variant | " + " | ".join(f"ASR {a}" for a in attacks) + " |",
+            "|---" * (1 + len(attacks)) + "|",
+        ]
+        lines += [f"| {n} | " + " | ".join(fmt(vs[n]["asr_regraded"].get(a)) for a in attacks) + " |" for n in regraded]
     lines += [
         "",
         (
@@ -596,6 +641,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--page", type=Path, help="Markdown page whose tables section is replaced")
     parser.add_argument("--plots", type=Path, help="plot file prefix (default: OUT without .json)")
     parser.add_argument("--stages", type=Path, help="reproduce_cpu.sh's stages.tsv (wall-clock per stage)")
+    parser.add_argument(
+        "--regrade", metavar="JUDGE", help="also judge every HarmBench answer again with this judge (default options)"
+    )
     args = parser.parse_args(argv)
     pairs = []
     for arg in args.rows:
@@ -605,7 +653,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dir, _, train_dir = dirs.partition(":")
         pairs.append((name, Path(eval_dir), Path(train_dir) if train_dir and Path(train_dir).is_dir() else None))
     stages = read_stages(args.stages) if args.stages and args.stages.exists() else None
-    table = collect(pairs, stages)
+    table = collect(pairs, stages, build_judge(args.regrade) if args.regrade else None)
     rows = [name for name, _, _ in pairs]
     if args.out.exists():
         table = merge(table, json.loads(args.out.read_text()))

@@ -176,7 +176,8 @@ for row in "${rows[@]}"; do
 done
 page=()
 [[ -n $PAGE ]] && page=(--page "$PAGE")
-"${PYTHON[@]}" scripts/cpu_results.py "$RESULTS" "${page[@]}" --plots "$PLOTS" --stages "$STAGES" "${collected[@]}"
+"${PYTHON[@]}" scripts/cpu_results.py "$RESULTS" "${page[@]}" --plots "$PLOTS" --stages "$STAGES" --regrade heuristic \
+  "${collected[@]}"
 "${SSP[@]}" compare "${evals[@]}" --output "$OUT/compare.md" > "$OUT/compare.log" 2>&1 || true
 if (( ${#failed[@]} )); then
   echo "failed: ${failed[*]} (see $OUT/ROW.log); rerun the same command to resume" >&2

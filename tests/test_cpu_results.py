@@ -369,9 +369,46 @@ def test_reproduce_cpu_runs_end_to_end_on_tiny(tmp_path, shared_data):
     assert (out / "train-warm-ucb" / "config.yaml").read_text().count("train-warmstart") == 1
     assert table["variants"]["warm-ucb"]["vs_warmstart_paired"] and table["targets"]["warm-ucb"]["averaged"]
     assert "| warm-ucb |" in page.read_text()
+    regraded = table["variants"]["warm-ucb"]["asr_regraded"]  # --regrade heuristic: its default grading
+    assert table["variants"]["warm-ucb"]["regraded_by"]["harm_grading"] == "specificity"
+    assert {m["n"] for m in regraded.values()} == {1}
     logged = len((out / "warm-ucb.log").read_text())
     res = subprocess.run(["bash", script], check=False, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     assert len((out / "stages.tsv").read_text().splitlines()) == len(stages) + 1  # only the new `all` line
     rerun = (out / "warm-ucb.log").read_text()[logged:]
     assert rerun.count("finished earlier, skipped") == 3, rerun  # its warm start, training and evaluation
+
+
+class _ScriptedJudge:
+    """Calls an answer harmful when its goal is in `harmful_goals`."""
+
+    def __init__(self, harmful_goals: set[str]):
+        self.harmful_goals = harmful_goals
+        self.seen: list = []
+
+    def judge(self, items):
+        self.seen += items
+        return [
+            Verdict(
+                score=5.0 if i.goal in self.harmful_goals else 1.0,
+                refused=False,
+                harmful=i.goal in self.harmful_goals,
+                on_topic=True,
+                rationale="scripted",
+            )
+            for i in items
+        ]
+
+
+def test_regraded_asr_judges_every_answer_again(experiment):
+    """The evaluation's own verdicts are replaced: items 0-4 harmful under the new judge, whatever they were;
+    the attacker output that was never sent (self, item 9 of warm-ucb) is not judged and counts as not broken."""
+    root, _ = experiment
+    judge = _ScriptedJudge({f"goal {i}" for i in range(5)})
+    asr = cpu_results.regraded_asr(root / "eval-warm-ucb", judge)
+    assert {a: (m["k"], m["n"]) for a, m in asr.items()} == {"direct": (5, 10), "template": (5, 10), "self": (5, 10)}
+    # 10 + 11 (item 9 has two answers) + 9 answered: only HarmBench answers, each judged once
+    assert len(judge.seen) == 30
+    none_harmful = cpu_results.regraded_asr(root / "eval-base", _ScriptedJudge(set()))
+    assert all(m["k"] == 0 and m["n"] == N for m in none_harmful.values())
