@@ -37,9 +37,12 @@ def group_advantages(rewards: list[float], eps: float = 1e-4) -> list[float]:
     return [(r - mean) / (std + eps) for r in rewards]
 
 
-def collate(samples: list[TrainSample], pad_id: int, device: torch.device):
+def collate(
+    samples: list[TrainSample], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Left-padded [prompt + completion] rows (every completion ends in the last column), explicit
-    position ids (padding must not shift positions) and a mask marking the completion tokens."""
+    position ids (padding must not shift positions) and a mask marking the completion tokens:
+    (input_ids, attention, positions, completion), the order `completion_logprobs` takes them in."""
     width = max(len(s.prompt_ids) + len(s.completion_ids) for s in samples)
     input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     attention = torch.zeros_like(input_ids)
@@ -58,7 +61,14 @@ def logprob_temperature(sampling_temperature: float) -> float:
     return sampling_temperature if sampling_temperature > 0 else 1.0
 
 
-def completion_logprobs(model, input_ids, attention, positions, completion, temperature=1.0) -> torch.Tensor:
+def completion_logprobs(
+    model,
+    input_ids: torch.Tensor,
+    attention: torch.Tensor,
+    positions: torch.Tensor,
+    completion: torch.Tensor,
+    temperature: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
     """Log-probabilities of the completion tokens under log_softmax(logits / T), flattened in row order.
 
     `temperature`: one float, or one value per row. Rollouts sample from softmax(logits / T); the loss's
