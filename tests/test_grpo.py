@@ -32,6 +32,16 @@ def _samples():
     ]
 
 
+def _live_adapter_policy(tiny_cfg):
+    """The tiny policy with a non-zero LoRA B, so the policy differs from its reference and the KL term is live."""
+    torch.manual_seed(0)
+    model, tok = load_policy(tiny_cfg.model, seed=0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    return model, tok
+
+
 def _reference_loss(model, samples, cfg: RLConfig, pad_id):
     """Full-logit computation, sample by sample, written independently of the implementation."""
     total_tokens = sum(len(s.completion_ids) for s in samples)
@@ -55,12 +65,7 @@ def _reference_loss(model, samples, cfg: RLConfig, pad_id):
 
 
 def test_update_matches_direct_computation(tiny_cfg):
-    torch.manual_seed(0)
-    model, tok = load_policy(tiny_cfg.model, seed=0)
-    # Non-zero LoRA B so the policy differs from the reference and the KL term is exercised.
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.05)
+    model, tok = _live_adapter_policy(tiny_cfg)
     cfg = RLConfig(
         compute_dtype="float32",
         micro_batch_size=2,
@@ -132,11 +137,7 @@ def test_multiple_epochs_use_fixed_behaviour_logprobs(tiny_cfg):
     Checked against a direct full-logit computation: at epoch 2's optimizer step the gradient and the reported loss
     equal those of the clipped objective whose denominator is the first-epoch policy (ratio ≠ 1 by then).
     """
-    torch.manual_seed(0)
-    model, tok = load_policy(tiny_cfg.model, seed=0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.05)
+    model, tok = _live_adapter_policy(tiny_cfg)
     cfg = RLConfig(compute_dtype="float32", epochs=2, kl_coef=0.0, micro_batch_size=2, clip_eps=0.2, max_grad_norm=1e9)
     samples = _samples()
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -205,11 +206,7 @@ def test_completion_logprobs_at_the_sampling_temperature(tiny_cfg):
 
 def test_update_takes_loss_and_kl_at_each_samples_temperature(tiny_cfg):
     """SFT and KL terms at log_softmax(logits / T) of each sample's role; greedy (T = 0) counts as T = 1."""
-    torch.manual_seed(0)
-    model, tok = load_policy(tiny_cfg.model, seed=0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.05)
+    model, tok = _live_adapter_policy(tiny_cfg)
     samples = [replace(s, advantage=0.0, sft_weight=1.0, temperature=t) for s, t in zip(_samples(), (0.7, 0.0, 1.4))]
     cfg = RLConfig(compute_dtype="float32", micro_batch_size=2, kl_coef=0.1, learning_rate=1e-3)
     with torch.no_grad():
@@ -223,3 +220,34 @@ def test_update_takes_loss_and_kl_at_each_samples_temperature(tiny_cfg):
     stats = grpo_update(model, torch.optim.SGD(params, lr=1e-3), samples, cfg, tok.pad_token_id)
     assert stats.kl == pytest.approx((kl.sum() / n).item(), rel=1e-4, abs=1e-7)
     assert stats.loss == pytest.approx(expected_loss.item(), rel=1e-4, abs=1e-6)
+
+
+def _update_and_grads(model, samples, cfg: RLConfig, pad_id: int, **kwargs):
+    """(stats, gradients at the optimizer step) of one update with lr = 0, so the weights stay as they are."""
+    grads = {}
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    class Recorder(torch.optim.SGD):
+        def step(self, closure=None):
+            grads.update({n: p.grad.clone() for n, p in named})
+            return super().step(closure)
+
+    stats = grpo_update(model, Recorder([p for _, p in named], lr=0.0), samples, cfg, pad_id, **kwargs)
+    return stats, grads
+
+
+def test_filler_rows_add_no_loss_kl_or_gradient(tiny_cfg):
+    """Zero-weight filler copies that even out data-parallel shards contribute nothing, KL included: a shard padded
+    with fillers gives bitwise the loss, KL and gradients of the unpadded shard, with kl_coef > 0."""
+    model, tok = _live_adapter_policy(tiny_cfg)
+    cfg = RLConfig(compute_dtype="float32", micro_batch_size=2, kl_coef=0.1, max_grad_norm=1e9)
+    samples = _samples()
+    plain, plain_grads = _update_and_grads(model, samples, cfg, tok.pad_token_id)
+    padded, padded_grads = _update_and_grads(
+        model, samples, cfg, tok.pad_token_id, min_micro_batches=4, filler=samples[2]
+    )
+    assert not plain.skipped and plain.kl > 0
+    fields = ("loss", "kl", "grad_norm", "tokens", "samples")
+    assert [getattr(padded, f) for f in fields] == [getattr(plain, f) for f in fields]
+    for name, grad in plain_grads.items():
+        assert torch.equal(padded_grads[name], grad), name

@@ -173,7 +173,8 @@ def grpo_update(
     `total_tokens`, `loss_scale` = world size (the gradient all-reduce averages over ranks), and
     accelerate's `backward(loss, is_last_micro_batch)` and `clip_grad`. Every rank must run the same number of backward
     passes (the gradient all-reduce happens in them): `min_micro_batches` pads a short shard with
-    zero-weight copies of `filler`. Defaults are single-process torch.
+    copies of `filler` that contribute nothing (no policy-gradient, KL or SFT term, in no count), so a
+    padded shard gives exactly the loss and gradients of the unpadded one. Defaults are single-process torch.
     """
     samples = trainable(samples)
     total_tokens = total_tokens or sum(len(s.completion_ids) for s in samples)
@@ -188,6 +189,9 @@ def grpo_update(
     batches = [
         [samples[i] for i in order[k : k + cfg.micro_batch_size]] for k in range(0, len(order), cfg.micro_batch_size)
     ]
+    # Fillers run the same forward and backward passes as real rows (the collectives of DDP/FSDP must line up
+    # across ranks) with every term weighted 0, KL included, and count in no denominator or statistic.
+    real_batches = len(batches)
     if len(batches) < min_micro_batches:
         blank = replace(filler or samples[0], advantage=0.0, sft_weight=0.0)
         batches += [[blank] for _ in range(min_micro_batches - len(batches))]
@@ -226,7 +230,7 @@ def grpo_update(
                 old,
                 ref_logp,
                 advantages=expand([s.advantage for s in batch]),
-                role_weights=expand([role_weight[s.role] for s in batch]),
+                role_weights=expand([role_weight[s.role] if b < real_batches else 0.0 for s in batch]),
                 sft_weights=expand([s.sft_weight for s in batch]),
                 clip_eps=cfg.clip_eps,
                 kl_coef=cfg.kl_coef,
@@ -234,7 +238,8 @@ def grpo_update(
             loss = loss_tokens.sum() / total_tokens
             backward(loss * loss_scale, b == len(batches) - 1)
             loss_sum += loss.item()
-            kl_sum += kl.detach().sum().item()
+            if b < real_batches:
+                kl_sum += kl.detach().sum().item()
         norm = clip_grad()  # None where the engine clips internally (DeepSpeed)
         grad_norm = float(norm) if norm is not None else 0.0
         if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
