@@ -121,14 +121,45 @@ def test_zero_advantage_samples_are_skipped(tiny_cfg):
     assert stats.skipped and stats.samples == 0
 
 
-def test_nonfinite_loss_skips_the_step(tiny_cfg):
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_nonfinite_first_epoch_skips_the_step(tiny_cfg, epochs):
+    """A non-finite first epoch applies nothing: skipped, 0 epochs, weights and optimizer state untouched."""
     model, tok = load_policy(tiny_cfg.model)
     params = [p for p in model.parameters() if p.requires_grad]
     before = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params)
     s = [TrainSample("defender", [5, 6, 7], [8, 9], advantage=float("nan"))]
-    stats = grpo_update(model, torch.optim.AdamW(params), s, RLConfig(compute_dtype="float32"), tok.pad_token_id)
-    assert stats.skipped
+    stats = grpo_update(model, optimizer, s, RLConfig(compute_dtype="float32", epochs=epochs), tok.pad_token_id)
+    assert stats.skipped and stats.epochs == 0 and not math.isfinite(stats.loss)
     assert all(torch.equal(b, p) for b, p in zip(before, params))
+    assert not optimizer.state
+
+
+def test_nonfinite_later_epoch_keeps_the_applied_epochs_and_says_so(tiny_cfg):
+    """Epoch 1 is finite and applied; its huge step makes epoch 2's loss non-finite. The update stops there: not
+    skipped, 1 epoch applied, the non-finite loss reported, and weights and optimizer state exactly those of a
+    one-epoch update from the same start."""
+    model, tok = _live_adapter_policy(tiny_cfg)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def update(epochs):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(start[n])
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e30)
+        cfg = RLConfig(compute_dtype="float32", epochs=epochs, kl_coef=0.0, micro_batch_size=2)
+        stats = grpo_update(model, optimizer, _samples(), cfg, tok.pad_token_id)
+        return stats, [p.detach().clone() for p in params], optimizer.state_dict()["state"]
+
+    one, one_weights, one_state = update(epochs=1)
+    two, two_weights, two_state = update(epochs=2)
+    assert one.epochs == 1 and math.isfinite(one.loss) and not one.skipped
+    assert two.epochs == 1 and not two.skipped and not math.isfinite(two.loss)
+    assert all(torch.equal(a, b) for a, b in zip(one_weights, two_weights))
+    assert two_state.keys() == one_state.keys()
+    for k, state in one_state.items():
+        assert all(torch.equal(v, two_state[k][name]) for name, v in state.items())
 
 
 def test_multiple_epochs_use_fixed_behaviour_logprobs(tiny_cfg):
@@ -177,7 +208,7 @@ def test_multiple_epochs_use_fixed_behaviour_logprobs(tiny_cfg):
             return super().step(closure)
 
     stats = grpo_update(model, Recorder(list(params.values()), lr=2.0), samples, cfg, tok.pad_token_id)
-    assert len(seen) == 2 and not stats.skipped
+    assert len(seen) == 2 and not stats.skipped and stats.epochs == 2
     fixed_loss, fresh_loss, want, got = seen[1]
     assert abs(fixed_loss - fresh_loss) > 1e-3  # epoch 1 moved the policy, so the two readings differ
     assert stats.loss == pytest.approx(fixed_loss, rel=1e-4, abs=1e-6)

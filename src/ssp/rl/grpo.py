@@ -145,7 +145,8 @@ class UpdateStats:
     grad_norm: float
     tokens: int
     samples: int
-    skipped: bool = False  # non-finite loss or gradient: the step was not applied
+    skipped: bool = False  # no optimizer step was applied: nothing to train, or the first epoch was non-finite
+    epochs: int = 0  # optimizer steps applied: rl.epochs, fewer where a non-finite epoch stopped the update
 
 
 def trainable(samples: list[TrainSample]) -> list[TrainSample]:
@@ -175,6 +176,12 @@ def grpo_update(
     passes (the gradient all-reduce happens in them): `min_micro_batches` pads a short shard with
     copies of `filler` that contribute nothing (no policy-gradient, KL or SFT term, in no count), so a
     padded shard gives exactly the loss and gradients of the unpadded one. Defaults are single-process torch.
+
+    A non-finite loss or gradient norm in an epoch: that epoch's step is not taken and the update stops
+    there. Epochs already applied stay applied (each was a finite step on these samples; undoing them would
+    need a copy of the weights and optimizer state, which FSDP and DeepSpeed hold in pieces). The stats say
+    which: `epochs` applied, `skipped` only when none was, and loss, kl and grad_norm of the epoch that
+    stopped it (non-finite, so the caller sees it); otherwise those of the last epoch.
     """
     samples = trainable(samples)
     total_tokens = total_tokens or sum(len(s.completion_ids) for s in samples)
@@ -207,7 +214,7 @@ def grpo_update(
             old_logps = [completion_logprobs(model, *collate(b, pad_id, device), temperatures(b)) for b in batches]
 
     model.train()
-    stats = UpdateStats(0.0, 0.0, 0.0, total_tokens, len(samples))
+    applied = 0
     for _epoch in range(cfg.epochs):
         optimizer.zero_grad(set_to_none=True)
         loss_sum = kl_sum = 0.0
@@ -242,10 +249,11 @@ def grpo_update(
                 kl_sum += kl.detach().sum().item()
         norm = clip_grad()  # None where the engine clips internally (DeepSpeed)
         grad_norm = float(norm) if norm is not None else 0.0
+        stats = UpdateStats(loss_sum, kl_sum / total_tokens, grad_norm, total_tokens, len(samples), epochs=applied)
         if not (math.isfinite(loss_sum) and math.isfinite(grad_norm)):
-            optimizer.zero_grad(set_to_none=True)
-            return UpdateStats(loss_sum, kl_sum / total_tokens, grad_norm, total_tokens, len(samples), skipped=True)
+            stats.skipped = applied == 0
+            break
         optimizer.step()
-        stats = UpdateStats(loss_sum, kl_sum / total_tokens, grad_norm, total_tokens, len(samples))
+        applied = stats.epochs = applied + 1
     optimizer.zero_grad(set_to_none=True)
     return stats

@@ -296,6 +296,7 @@ class Trainer:
                 "kl": _finite(stats.kl),
                 "grad_norm": _finite(stats.grad_norm),
                 "update_skipped": stats.skipped,
+                "update_epochs": stats.epochs,
                 "update_tokens": stats.tokens,
                 "nonfinite": not (math.isfinite(stats.loss) and math.isfinite(stats.grad_norm)),
                 "pool/admitted": admitted,
@@ -378,7 +379,8 @@ class Trainer:
                 if nonfinite_in_row >= cfg.rl.max_nonfinite_steps:
                     raise TrainingError(
                         f"step {step}: {nonfinite_in_row} updates in a row had a non-finite loss or "
-                        "gradient and were skipped; lower rl.learning_rate or check the model dtype"
+                        "gradient and were skipped (or stopped at that epoch); lower rl.learning_rate or check "
+                        "the model dtype"
                     )
                 if step % cfg.run.checkpoint_every == 0 or step == cfg.run.max_steps:
                     last_ckpt = self._checkpoint(step)
