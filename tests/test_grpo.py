@@ -8,7 +8,7 @@ import torch
 
 from ssp.config import RLConfig
 from ssp.models.loader import load_policy
-from ssp.rl.grpo import TrainSample, collate, completion_logprobs, group_advantages, grpo_update
+from ssp.rl.grpo import TrainSample, collate, completion_logprobs, group_advantages, grpo_update, step_totals
 
 
 def test_group_advantages_known_values():
@@ -282,3 +282,96 @@ def test_filler_rows_add_no_loss_kl_or_gradient(tiny_cfg):
     assert [getattr(padded, f) for f in fields] == [getattr(plain, f) for f in fields]
     for name, grad in plain_grads.items():
         assert torch.equal(padded_grads[name], grad), name
+
+
+def _per_sample_logps(model, s: TrainSample) -> torch.Tensor:
+    seq = torch.tensor([s.prompt_ids + s.completion_ids])
+    logp_all = torch.log_softmax(model(input_ids=seq).logits[0].float(), -1)
+    p = len(s.prompt_ids)
+    return logp_all[torch.arange(p - 1, p - 1 + len(s.completion_ids)), torch.tensor(s.completion_ids)]
+
+
+# Three samples, prompts of 3 tokens; completions of 2, 4 and 1 tokens with advantages 1, −0.5 and 2. With
+# kl_coef = 0 and one epoch (ratio 1) each token's loss is −A: row sums −2, +2, −2 over 7 tokens. Micro-batches of 2,
+# length-sorted (4, 5, 7 tokens): [third, first] (3 tokens, sum −4) and [second] (4 tokens, sum +2).
+HAND = [
+    TrainSample("defender", [5, 6, 7], [8, 9], advantage=1.0),
+    TrainSample("defender", [10, 11, 12], [13, 14, 15, 16], advantage=-0.5),
+    TrainSample("defender", [17, 18, 19], [20], advantage=2.0),
+]
+HAND_BUDGET = 8  # dr_grpo's constant
+# loss_type: (the loss worked out by hand, each sample's per-token weight in it)
+HAND_LOSS = {
+    "dapo": (-2 / 7, [1 / 7, 1 / 7, 1 / 7]),  # / 7 tokens
+    "grpo": ((-2 / 2 + 2 / 4 - 2 / 1) / 3, [1 / 6, 1 / 12, 1 / 3]),  # mean of the 3 per-sample token means: −5/6
+    "dr_grpo": (-2 / (3 * 8), [1 / 24, 1 / 24, 1 / 24]),  # / (3 samples × budget 8)
+    "bnpo": ((-4 / 3 + 2 / 4) / 2, [1 / 6, 1 / 8, 1 / 6]),  # mean of the 2 micro-batch token means: −5/12
+}
+
+
+@pytest.mark.parametrize("loss_type", sorted(HAND_LOSS))
+def test_loss_type_divides_as_documented(tiny_cfg, loss_type):
+    """Each rl.loss_type's loss against the value worked out by hand, and its gradient against autograd of
+    Σ_i w_i · Σ_t (−A_i · log π(token)) with the hand-derived per-token weights w_i."""
+    model, tok = _live_adapter_policy(tiny_cfg)
+    cfg = RLConfig(compute_dtype="float32", micro_batch_size=2, kl_coef=0.0, max_grad_norm=1e9, loss_type=loss_type)
+    want_loss, weights = HAND_LOSS[loss_type]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    objective = sum(w * (-s.advantage * _per_sample_logps(model, s)).sum() for s, w in zip(HAND, weights))
+    want_grads = dict(zip([n for n, _ in named], torch.autograd.grad(objective, [p for _, p in named])))
+    totals = step_totals(HAND, cfg.micro_batch_size, completion_budget=HAND_BUDGET)
+    stats, grads = _update_and_grads(model, HAND, cfg, tok.pad_token_id, totals=totals)
+    assert stats.loss == pytest.approx(want_loss, rel=1e-6)
+    assert stats.tokens == 7 and stats.samples == 3
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6)
+
+
+def test_default_loss_type_is_the_step_token_mean():
+    assert RLConfig().loss_type == "dapo"
+
+
+def test_dr_grpo_needs_a_completion_budget(tiny_cfg):
+    model, tok = load_policy(tiny_cfg.model)
+    cfg = RLConfig(compute_dtype="float32", loss_type="dr_grpo")
+    params = [p for p in model.parameters() if p.requires_grad]
+    with pytest.raises(ValueError, match="completion budget"):
+        grpo_update(model, torch.optim.SGD(params, lr=0.0), HAND, cfg, tok.pad_token_id)
+
+
+@pytest.mark.parametrize("loss_type", sorted(HAND_LOSS))
+def test_zero_advantage_samples_add_no_kl_and_no_count(tiny_cfg, loss_type):
+    """Flat-group samples are not trained under any loss type: adding one leaves the loss, the KL and the gradients
+    bitwise as they were (kl_coef > 0), and changes no denominator."""
+    model, tok = _live_adapter_policy(tiny_cfg)
+    cfg = RLConfig(compute_dtype="float32", micro_batch_size=2, kl_coef=0.1, max_grad_norm=1e9, loss_type=loss_type)
+    flat = TrainSample("attacker", [30, 31], [32, 33, 34], advantage=0.0)
+    with_flat = [*_samples(), flat]
+    totals = step_totals(with_flat, cfg.micro_batch_size, completion_budget=HAND_BUDGET)
+    assert totals == step_totals(_samples(), cfg.micro_batch_size, completion_budget=HAND_BUDGET)
+    plain, plain_grads = _update_and_grads(model, _samples(), cfg, tok.pad_token_id, totals=totals)
+    flat_in, flat_grads = _update_and_grads(model, with_flat, cfg, tok.pad_token_id, totals=totals)
+    assert plain.kl > 0 and (flat_in.loss, flat_in.kl, flat_in.samples) == (plain.loss, plain.kl, plain.samples)
+    for name, grad in plain_grads.items():
+        assert torch.equal(flat_grads[name], grad), name
+
+
+@pytest.mark.parametrize("loss_type", sorted(HAND_LOSS))
+def test_two_padded_shards_add_up_to_the_whole_step(tiny_cfg, loss_type):
+    """Data parallelism by hand: two ranks' shards (the short one padded with a filler), each given the whole step's
+    totals, sum to the single-process loss, KL and gradients (micro-batches of 1, so bnpo's batches match too)."""
+    model, tok = _live_adapter_policy(tiny_cfg)
+    cfg = RLConfig(compute_dtype="float32", micro_batch_size=1, kl_coef=0.1, max_grad_norm=1e9, loss_type=loss_type)
+    samples = _samples()
+    whole, whole_grads = _update_and_grads(
+        model, samples, cfg, tok.pad_token_id, totals=step_totals(samples, 1, completion_budget=HAND_BUDGET)
+    )
+    totals = step_totals(samples, 1, world=2, completion_budget=HAND_BUDGET)
+    ranks = [
+        _update_and_grads(model, samples[r::2], cfg, tok.pad_token_id, totals=totals, min_micro_batches=2, filler=s)
+        for r, s in ((0, samples[0]), (1, samples[0]))
+    ]
+    assert sum(stats.loss for stats, _ in ranks) == pytest.approx(whole.loss, rel=1e-6)
+    assert sum(stats.kl for stats, _ in ranks) == pytest.approx(whole.kl, rel=1e-6)
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(ranks[0][1][name] + ranks[1][1][name], grad, rtol=1e-5, atol=1e-8)
