@@ -265,6 +265,13 @@ class RLConfig(_Strict):
         "optimizer stay float32; log-softmax in float32); float32: everything in float32",
     )
     epochs: int = Field(1, ge=1, description="optimisation passes over each step's samples")
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = Field(
+        "dapo",
+        description="what the step's summed token losses are divided by (after TRL's GRPOConfig.loss_type): dapo, "
+        "the trained completion tokens; grpo, each sample's length, then the sample count; dr_grpo, the sample "
+        "count × the longest rollout max_new_tokens; bnpo, each micro-batch's tokens, then the micro-batch count. "
+        "Counted over the step on all ranks; zero-advantage samples are not trained (ssp.rl.grpo)",
+    )
     adv_eps: float = Field(1e-4, gt=0.0)
     max_nonfinite_steps: int = Field(3, ge=1, description="stop after this many non-finite updates in a row")
 

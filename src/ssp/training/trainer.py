@@ -31,7 +31,7 @@ from ssp.judges.registry import build_judge
 from ssp.models.loader import load_policy, resolve_device
 from ssp.parallel import broadcast_parameters, full_tensor, zero3_gathered
 from ssp.replay.pool import ExperiencePool, PoolEntry
-from ssp.rl.grpo import grpo_update, trainable
+from ssp.rl.grpo import grpo_update, step_totals, trainable
 from ssp.rollout.engines import engine_for_run, resolve_backend
 from ssp.training import checkpoint as ckpt
 from ssp.training import tracking
@@ -272,7 +272,12 @@ class Trainer:
             reference_model=self.reference,
             backward=self._backward,
             clip_grad=lambda: self.accelerator.clip_grad_norm_(self.params, cfg.rl.max_grad_norm),
-            total_tokens=sum(len(x.completion_ids) for x in samples),
+            totals=step_totals(
+                samples,
+                cfg.rl.micro_batch_size,
+                ranks.world,
+                completion_budget=max(cfg.rollout.attacker.max_new_tokens, cfg.rollout.defender.max_new_tokens),
+            ),
             loss_scale=float(ranks.world),
             min_micro_batches=ranks.micro_batches_needed(len(samples), cfg.rl.micro_batch_size),
             filler=samples[0] if samples else None,
@@ -304,6 +309,7 @@ class Trainer:
                 "kl": _finite(stats.kl),
                 "grad_norm": _finite(stats.grad_norm),
                 "update_skipped": stats.skipped,
+                "update_epochs": stats.epochs,
                 "update_tokens": stats.tokens,
                 "nonfinite": not (math.isfinite(stats.loss) and math.isfinite(stats.grad_norm)),
                 "pool/admitted": admitted,
@@ -386,7 +392,8 @@ class Trainer:
                 if nonfinite_in_row >= cfg.rl.max_nonfinite_steps:
                     raise TrainingError(
                         f"step {step}: {nonfinite_in_row} updates in a row had a non-finite loss or "
-                        "gradient and were skipped; lower rl.learning_rate or check the model dtype"
+                        "gradient and were skipped (or stopped at that epoch); lower rl.learning_rate or check "
+                        "the model dtype"
                     )
                 if step % cfg.run.checkpoint_every == 0 or step == cfg.run.max_steps:
                     last_ckpt = self._checkpoint(step)
