@@ -10,36 +10,27 @@ LoRA; ZeRO-3 with full fine-tuning and the KL reference (rollouts from the parti
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+from pathlib import Path
 
 import pytest
 from tests.conftest import REPO
-from tests.test_fsdp import LOSS_TOL, WEIGHT_TOL, final_weights, max_difference
+from tests.launch import (
+    LOSS_TOL,
+    WEIGHT_TOL,
+    accelerate,
+    environment,
+    final_weights,
+    max_difference,
+    preset,
+    run_to_end,
+    sets,
+    train_command,
+)
 
 pytest.importorskip("deepspeed")
 
 STEPS = 2
-ARGS = [
-    "-m",
-    "ssp",
-    "train",
-    "-c",
-    str(REPO / "configs" / "tiny.yaml"),
-    "--quiet",
-    "--set",
-    "run.checkpoint_every=1",
-    "--set",
-    "rollout.attacker.temperature=0",
-    "--set",
-    "rollout.defender.temperature=0",
-    "--set",
-    "run.threads=1",
-    "--set",
-    "rl.micro_batch_size=2",
-]
-FULL = ["--set", "model.finetune=full", "--set", "rl.kl_coef=0.05", "--set", "rl.learning_rate=1e-4"]
+FULL = sets("model.finetune=full", "rl.kl_coef=0.05", "rl.learning_rate=1e-4")
 
 
 def cpu_json(stage: int) -> dict:
@@ -49,42 +40,27 @@ def cpu_json(stage: int) -> dict:
     return config
 
 
-def run(processes: int, out, steps: int, tmp_path, extra=(), stage: int = 2):
-    launcher = []
+def command(processes: int, out: Path, steps: int, extra=(), stage: int = 2) -> list[str]:
+    """One process: a plain run. Two: `accelerate launch` with the ZeRO preset and its JSON minus bf16."""
+    launcher = None
     if processes > 1:
-        config = tmp_path / f"ds_zero{stage}_cpu.json"
+        config = out.parent / f"ds_zero{stage}_cpu.json"
         config.write_text(json.dumps(cpu_json(stage)))
-        launcher = [
-            "-m",
-            "accelerate.commands.launch",
-            "--config_file",
-            str(REPO / "configs" / "accelerate" / f"deepspeed_zero{stage}.yaml"),
-            "--deepspeed_config_file",
-            str(config),
-            "--num_processes",
-            str(processes),
-            "--main_process_port",
-            str(29900 + os.getpid() % 90),
-        ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false"}
-    res = subprocess.run(
-        [sys.executable, *launcher, *ARGS, "--set", f"run.max_steps={steps}", "-o", str(out), *extra],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        cwd=REPO,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return rows, json.loads((out / "summary.json").read_text())
+        zero = preset(f"deepspeed_zero{stage}.yaml")
+        launcher = accelerate(processes, "--config_file", zero, "--deepspeed_config_file", str(config))
+    args = sets("run.checkpoint_every=1", "rl.micro_batch_size=2", f"run.max_steps={steps}")
+    return train_command(out, *args, *extra, launcher=launcher)
+
+
+def run(processes: int, out: Path, steps: int, extra=(), stage: int = 2):
+    return run_to_end(command(processes, out, steps, extra, stage), out, environment(DS_ACCELERATOR="cpu"))
 
 
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("stage,extra", [(2, []), (3, FULL)], ids=["zero2-lora", "zero3-full"])
 def test_zero_matches_one_process_and_its_checkpoint_resumes_without_deepspeed(tmp_path, stage, extra):
-    one_rows, _ = run(1, tmp_path / "one", STEPS, tmp_path, extra)
-    ds_rows, ds = run(2, tmp_path / "zero", STEPS, tmp_path, extra, stage)
+    one_rows, _ = run(1, tmp_path / "one", STEPS, extra)
+    ds_rows, ds = run(2, tmp_path / "zero", STEPS, extra, stage)
     assert ds["distributed_type"] == "DEEPSPEED" and ds["world_size"] == 2
     for a, b in zip(one_rows, ds_rows, strict=True):
         for key in ("reward/attacker", "reward/defender", "pool/size", "update_tokens"):
@@ -95,7 +71,7 @@ def test_zero_matches_one_process_and_its_checkpoint_resumes_without_deepspeed(t
     assert max_difference(one_w, final_weights(tmp_path / "zero", STEPS)) < WEIGHT_TOL
     # The optimizer state was gathered into the plain AdamW layout: one plain process resumes it exactly.
     out = tmp_path / "resumed"
-    run(2, out, 1, tmp_path, extra, stage)
-    rows, summary = run(1, out, STEPS, tmp_path, [*extra, "--resume"])
+    run(2, out, 1, extra, stage)
+    rows, summary = run(1, out, STEPS, [*extra, "--resume"])
     assert summary["steps_run"] == STEPS - 1 and [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert max_difference(one_w, final_weights(out, STEPS)) < WEIGHT_TOL
