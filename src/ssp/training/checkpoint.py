@@ -172,8 +172,8 @@ def _zero_load_full_state(optimizer, params: list[torch.Tensor], state: dict[str
     flats = getattr(zero, "fp32_partitioned_groups_flat", None) or getattr(zero, "single_partition_of_fp32_groups", 0)
     if not flats:
         raise ValueError(
-            f"{folder}: cannot restore the optimizer into {type(zero or base).__name__} (a DeepSpeed version other "
-            "than the 0.19 this was checked with?); resume without DeepSpeed, or keep deepspeed<0.20"
+            f"{folder}: cannot restore the optimizer into {' > '.join(type(o).__name__ for o in chain)} (checked: "
+            "DeepSpeed 0.19's ZeRO-1/2/3 optimizers, not its BF16_Optimizer); resume without DeepSpeed"
         )
     saved_params = state["param_groups"][0]["params"] if len(state["param_groups"]) == 1 else None
     if saved_params is None or len(saved_params) != len(params):
