@@ -1,61 +1,20 @@
 """Two CPU processes under `accelerate launch`: identical weights on both ranks and the same
 loss trajectory as one process with the same global batch and seed."""
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from safetensors.torch import load_file
-from tests.conftest import REPO
+from tests.launch import LOSS_TOL, accelerate, run_to_end, sets, train_command
 
-# Greedy rollouts make the global batch independent of how it is split over ranks.
-ARGS = [
-    "train",
-    "-c",
-    str(REPO / "configs" / "tiny.yaml"),
-    "--quiet",
-    "--set",
-    "run.max_steps=3",
-    "--set",
-    "run.checkpoint_every=2",
-    "--set",
-    "rollout.attacker.temperature=0",
-    "--set",
-    "rollout.defender.temperature=0",
-    "--set",
-    "run.threads=1",
-]
+ARGS = sets("run.max_steps=3", "run.checkpoint_every=2")
 
 
 def _launch(n: int, out, extra=()):
     # accelerate's `--cpu` flag runs one process (or needs mpirun); `--multi_gpu` starts torchrun workers,
     # which use gloo on the CPU when no GPU is present. One process: a plain run.
-    launcher = (
-        [
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            str(n),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-        ]
-        if n > 1
-        else []
-    )
-    cmd = [sys.executable, *launcher, "-m", "ssp", *ARGS, "-o", str(out), *extra]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(29500 + n + os.getpid() % 1000)}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return rows, json.loads((out / "summary.json").read_text())
+    options = ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher = accelerate(n, *options) if n > 1 else None
+    return run_to_end(train_command(out, *ARGS, *extra, launcher=launcher), out)
 
 
 @pytest.mark.timeout(900)
@@ -70,7 +29,7 @@ def test_two_processes_match_one(tmp_path):
     for a, b in zip(one_rows, two_rows):
         for key in ("reward/attacker", "reward/defender", "pool/size", "update_tokens"):
             assert a[key] == b[key], (key, a["step"])
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3, abs=1e-5)
+        assert a["loss"] == pytest.approx(b["loss"], **LOSS_TOL)
     # The same final weights as one process, up to float summation order (the digests differ with any rounding).
     final = f"checkpoints/step-{len(one_rows):06d}/weights/adapter_model.safetensors"
     w1, w2 = load_file(tmp_path / "one" / final), load_file(tmp_path / "two" / final)
@@ -84,7 +43,7 @@ def test_two_processes_match_one(tmp_path):
 @pytest.mark.timeout(900)
 def test_two_process_resume(tmp_path):
     out = tmp_path / "run"
-    _launch(2, out, ["--set", "run.max_steps=2"])
+    _launch(2, out, sets("run.max_steps=2"))
     rows, summary = _launch(2, out, ["--resume"])
     assert [r["step"] for r in rows] == [1, 2, 3] and summary["steps_run"] == 1
     assert len(set(summary["rank_weight_digests"])) == 1

@@ -6,15 +6,15 @@ folder is renamed into place. A folder without a manifest that verifies is never
 Under FSDP the format on disk is the same: weights and optimizer state are gathered into full
 tensors before rank 0 writes them (`full_model_state`, `full_optimizer_state`), and on resume the
 weights go into the plain model before `accelerator.prepare` shards it, the optimizer state is
-sharded like its parameters (`shard_optimizer_state`). So a checkpoint written by N processes
-resumes with M, sharded or not.
+sharded like its parameters (`shard_optimizer_state`). Under DeepSpeed ZeRO the same full tensors are
+gathered and scattered through DeepSpeed's tensor-fragment API. So a checkpoint written by N processes
+resumes with M, sharded or not, with or without DeepSpeed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import random
 import re
@@ -27,8 +27,6 @@ from safetensors.torch import load_file, save_file
 
 from ssp import parallel
 from ssp.fsutil import fsync_dir
-
-log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
 MANIFEST = "manifest.json"
@@ -69,22 +67,18 @@ def optimizer_state_to_files(state: dict[str, Any], folder: Path) -> None:
 
 def optimizer_from_files(optimizer: torch.optim.Optimizer, folder: Path, model=None) -> None:
     """`model`: the trained module, needed to recognise DeepSpeed's partitioned optimizer."""
-    if model is not None and _deepspeed_params(model):
-        # DeepSpeed creates its partitioned AdamW state lazily, at the first step, and offers no public way to
-        # fill it before then; its own loader reads its own (pickled) checkpoint format. So the moments restart.
-        log.warning(
-            "%s: resuming under DeepSpeed: weights, RNG, step and pool are restored, the AdamW moments "
-            "restart from zero (a run resumed without DeepSpeed restores them too)",
-            folder,
-        )
-        return
     tensors = load_file(folder / "optimizer.safetensors")
     meta = json.loads((folder / "optimizer.json").read_text())
     state: dict[int, dict[str, Any]] = {}
     for name, value in list(tensors.items()) + list(meta["scalars"].items()):
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
-    optimizer.load_state_dict(shard_optimizer_state(optimizer, {"state": state, "param_groups": meta["param_groups"]}))
+    full = {"state": state, "param_groups": meta["param_groups"]}
+    ds_params = _deepspeed_params(model) if model is not None else []
+    if ds_params:
+        _zero_load_full_state(optimizer, ds_params, full, folder)
+    else:
+        optimizer.load_state_dict(shard_optimizer_state(optimizer, full))
 
 
 # -- sharded (FSDP2) models: gather on save, shard on load -------------------------------------------
@@ -117,11 +111,12 @@ def _deepspeed_params(model) -> list[torch.Tensor]:
     return params if any(hasattr(p, "ds_id") or hasattr(p, "_hp_mapping") for p in params) else []
 
 
-def _zero_base_optimizer(optimizer):
-    """The torch optimizer inside accelerate's and DeepSpeed's wrappers (it holds flat partitions)."""
-    while not isinstance(optimizer, torch.optim.Optimizer) or hasattr(optimizer, "optimizer"):
-        optimizer = optimizer.optimizer
-    return optimizer
+def _optimizer_chain(optimizer) -> list:
+    """accelerate's wrapper, DeepSpeed's ZeRO optimizer, the torch optimizer inside (it holds flat partitions)."""
+    chain = [optimizer]
+    while hasattr(chain[-1], "optimizer"):
+        chain.append(chain[-1].optimizer)
+    return chain
 
 
 _ADAM_KEYS = ("exp_avg", "exp_avg_sq")  # AdamW's moments: what the trainer's optimizer keeps per parameter
@@ -135,7 +130,7 @@ def full_optimizer_state(optimizer: torch.optim.Optimizer, model=None) -> dict[s
     if ds_params:
         from deepspeed.utils import safe_get_full_optimizer_state
 
-        base = _zero_base_optimizer(optimizer)
+        base = _optimizer_chain(optimizer)[-1]
         steps = [float(s["step"]) for s in base.state.values() if "step" in s]
         group = {k: v for k, v in base.param_groups[0].items() if k != "params"}
         return {
@@ -158,6 +153,67 @@ def full_optimizer_state(optimizer: torch.optim.Optimizer, model=None) -> dict[s
         },
         "param_groups": state["param_groups"],
     }
+
+
+def _zero_load_full_state(optimizer, params: list[torch.Tensor], state: dict[str, Any], folder: Path) -> None:
+    """Full AdamW state (the layout `full_optimizer_state` writes) into DeepSpeed ZeRO's partitions, stage 1, 2
+    or 3, through DeepSpeed's tensor-fragment API (`safe_set_full_optimizer_state`, each rank keeps its part; ZeRO-3:
+    `safe_set_local_optimizer_state`).
+
+    DeepSpeed's torch optimizer creates its state at the first step and only then links each parameter's
+    fragment to it, so on resume (before any step) the state of every flat fp32 partition is created here, as
+    DeepSpeed's own universal-checkpoint loader does, and linked the way DeepSpeed links it after a step."""
+    from deepspeed.utils import safe_set_full_optimizer_state, safe_set_local_optimizer_state
+
+    chain = _optimizer_chain(optimizer)
+    base = chain[-1]
+    zero = next((o for o in chain if hasattr(o, "initialize_optimizer_states")), None)
+    # The flat fp32 partitions (ZeRO-3's name, then ZeRO-1/2's) that the torch optimizer's state is keyed by.
+    flats = getattr(zero, "fp32_partitioned_groups_flat", None) or getattr(zero, "single_partition_of_fp32_groups", 0)
+    if not flats:
+        raise ValueError(
+            f"{folder}: cannot restore the optimizer into {' > '.join(type(o).__name__ for o in chain)} (checked: "
+            "DeepSpeed 0.19's ZeRO-1/2/3 optimizers, not its BF16_Optimizer); resume without DeepSpeed"
+        )
+    saved_params = state["param_groups"][0]["params"] if len(state["param_groups"]) == 1 else None
+    if saved_params is None or len(saved_params) != len(params):
+        raise ValueError(
+            f"{folder / 'optimizer.json'}: optimizer state for "
+            f"{sum(len(g['params']) for g in state['param_groups'])} parameters in {len(state['param_groups'])} "
+            f"group(s); this model trains {len(params)} in one"
+        )
+    steps = [float(s["step"]) for s in state["state"].values() if "step" in s]
+    for flat in flats:
+        base.state[flat] = {"step": torch.tensor(max(steps, default=0.0))} | {
+            k: torch.zeros_like(flat) for k in _ADAM_KEYS
+        }
+    if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2: point the fragments at that state
+        zero._lazy_init_hp_params_optimizer_state()
+    for group in base.param_groups:  # the saved hyperparameters, as `load_state_dict` restores them
+        group.update({k: v for k, v in state["param_groups"][0].items() if k != "params" and k in group})
+    for idx, p in enumerate(params):
+        for key in _ADAM_KEYS:
+            value = state["state"].get(idx, {}).get(key)
+            if value is None:  # a parameter that had no gradient yet: its moments stay zero, as in torch's AdamW
+                continue
+            numel = getattr(p, "ds_numel", p.numel())  # ZeRO-3 parameters are empty outside a gather
+            if value.numel() != numel:
+                raise ValueError(f"{folder}: optimizer state {idx}.{key} has {value.numel()} values, not {numel}")
+            if hasattr(p, "ds_id"):  # ZeRO-3: this rank's slice, by hand (see `_zero3_local_slice`)
+                safe_set_local_optimizer_state(p, _zero3_local_slice(p, value), key)
+            else:
+                safe_set_full_optimizer_state(p, value.to(torch.float32), key)
+
+
+def _zero3_local_slice(param, full: torch.Tensor) -> torch.Tensor:
+    """This rank's partition of a full ZeRO-3 tensor, zero-padded like DeepSpeed's own partitions.
+
+    DeepSpeed 0.19's `safe_set_full_optimizer_state` cuts the last rank's part without that padding, so it fails
+    for a parameter whose size is not a multiple of the world size (found on CPU: 35 values over 2 ranks)."""
+    n = param.ds_tensor.numel()
+    rank = torch.distributed.get_rank(getattr(param, "ds_process_group", None))
+    part = full.flatten()[rank * n : (rank + 1) * n]
+    return torch.cat([part.to(torch.float32), part.new_zeros(n - part.numel(), dtype=torch.float32)])
 
 
 def shard_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
