@@ -126,20 +126,33 @@ class TextEmbedder:
             out[idx] = np.asarray(vecs, dtype=np.float32)
         return out
 
-    def similarity(self, a: Sequence[Any], b: Sequence[Any]) -> list[float]:
-        """Pairwise cosine: cos(a[i], b[i]). 0.0 where either text is empty."""
+    def vectors(self, texts: Sequence[Any], known: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Unit vectors keyed by `key(text)`, each distinct text encoded once, in one `encode` call; texts
+        already in `known` are not encoded again (a judge embeds what it needs in stages)."""
+        out = dict(known or {})
+        new = [t for t in dict.fromkeys(self.key(t) for t in texts) if t not in out]
+        if new:
+            out.update(zip(new, self.encode(new)))
+        return out
+
+    def key(self, text: Any) -> str:
+        """The text as `vectors` keys it (cleaned, stripped)."""
+        return clean_text(text, self.max_chars).strip()
+
+    def cosine(self, vectors: dict[str, np.ndarray], a: Sequence[Any], b: Sequence[Any]) -> list[float]:
+        """Pairwise cosine cos(a[i], b[i]) of texts embedded by `vectors`; 0.0 where either is empty."""
         if len(a) != len(b):
             raise ValueError(f"similarity: lists differ in length ({len(a)} vs {len(b)})")
         if not a:
             return []
-        # Encode unique texts once (goals repeat across a batch).
-        uniq: dict[str, int] = {}
-        keys_a = [clean_text(t, self.max_chars).strip() for t in a]
-        keys_b = [clean_text(t, self.max_chars).strip() for t in b]
-        for t in keys_a + keys_b:
-            uniq.setdefault(t, len(uniq))
-        vecs = self.encode(list(uniq))
-        ia = np.array([uniq[t] for t in keys_a])
-        ib = np.array([uniq[t] for t in keys_b])
-        sims = np.einsum("ij,ij->i", vecs[ia], vecs[ib])
+        va = np.stack([vectors[self.key(t)] for t in a])
+        vb = np.stack([vectors[self.key(t)] for t in b])
+        sims = np.einsum("ij,ij->i", va, vb)
         return [float(np.clip(s, -1.0, 1.0)) for s in sims]
+
+    def similarity(self, a: Sequence[Any], b: Sequence[Any]) -> list[float]:
+        """Pairwise cosine: cos(a[i], b[i]). 0.0 where either text is empty. Texts that repeat (goals
+        across a batch) are encoded once."""
+        if len(a) != len(b):
+            raise ValueError(f"similarity: lists differ in length ({len(a)} vs {len(b)})")
+        return self.cosine(self.vectors(list(a) + list(b)), a, b)
