@@ -9,6 +9,12 @@ Texts are sanitised before encoding (control characters dropped, cut to `max_cha
 model output — empty, huge, binary-ish — never raises. The model itself truncates to its own
 maximum sequence length (256 word pieces for MiniLM, roughly 1,000–1,200 characters of English), so
 only the opening of a long text counts; `max_chars` (default 2,000) cuts texts before tokenising.
+
+Texts go through the model in length-sorted batches of `batch_size` (default 8): each batch is padded
+to its longest text, and on CPU the padding is most of what larger batches cost. Measured on the judges'
+texts (900 XSTest completions and their prompts, batch 64): 8 instead of 32 cuts the padded word
+pieces from 33% over the real ones to 10% and the heuristic judge's CPU time by ~20%, with verdicts
+unchanged (`benchmarks/judge_speed.py --verdicts-check`).
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ class TextEmbedder:
     _shared: TextEmbedder | None = None
 
     def __init__(
-        self, model_path: str | Path | None = None, device: str = "cpu", batch_size: int = 32, max_chars: int = 2000
+        self, model_path: str | Path | None = None, device: str = "cpu", batch_size: int = 8, max_chars: int = 2000
     ) -> None:
         self.model_path = str(model_path) if model_path else str(default_model_path())
         self.device = device

@@ -98,7 +98,9 @@ class HeuristicOptions(BaseModel):
         None, description="a local sentence-transformers folder (default: packaged MiniLM)"
     )
     device: str = "cpu"
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(
+        8, ge=1, description="texts per MiniLM forward pass (8 wastes little padding on CPU; raise it on a GPU)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> HeuristicOptions:
