@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data-dir", type=Path, default=common.REPO.parent / "shared" / "data", help="XSTest CSV files")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--judges", nargs="+", default=list(JUDGES), choices=JUDGES)
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N exchanges")
     p.add_argument("--verdicts-out", type=Path, default=None, help="write every verdict here (JSONL)")
     p.add_argument("--verdicts-check", type=Path, default=None, help="fail if a verdict differs from this file")
     p.add_argument("--profile", type=int, default=0, metavar="N", help="print the top N functions by own time")
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from ssp.judges import build_judge
 
-    pairs = load_exchanges(None if args.quick else args.data_dir)
+    pairs = load_exchanges(None if args.quick else args.data_dir)[: args.limit]
     sources, items = [s for s, _ in pairs], [it for _, it in pairs]
     results, rows = [], []
     for name in args.judges:
