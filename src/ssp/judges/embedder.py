@@ -9,6 +9,12 @@ Texts are sanitised before encoding (control characters dropped, cut to `max_cha
 model output — empty, huge, binary-ish — never raises. The model itself truncates to its own
 maximum sequence length (256 word pieces for MiniLM, roughly 1,000–1,200 characters of English), so
 only the opening of a long text counts; `max_chars` (default 2,000) cuts texts before tokenising.
+
+Texts go through the model in length-sorted batches of `batch_size` (default 8): each batch is padded
+to its longest text, and on CPU the padding is most of what larger batches cost. Measured on the judges'
+texts (900 XSTest completions and their prompts, batch 64): 8 instead of 32 cuts the padded word
+pieces from 33% over the real ones to 10% and the heuristic judge's CPU time by ~20%, with verdicts
+unchanged (`benchmarks/judge_speed.py --verdicts-check`).
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ class TextEmbedder:
     _shared: TextEmbedder | None = None
 
     def __init__(
-        self, model_path: str | Path | None = None, device: str = "cpu", batch_size: int = 32, max_chars: int = 2000
+        self, model_path: str | Path | None = None, device: str = "cpu", batch_size: int = 8, max_chars: int = 2000
     ) -> None:
         self.model_path = str(model_path) if model_path else str(default_model_path())
         self.device = device
@@ -126,20 +132,33 @@ class TextEmbedder:
             out[idx] = np.asarray(vecs, dtype=np.float32)
         return out
 
-    def similarity(self, a: Sequence[Any], b: Sequence[Any]) -> list[float]:
-        """Pairwise cosine: cos(a[i], b[i]). 0.0 where either text is empty."""
+    def vectors(self, texts: Sequence[Any], known: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Unit vectors keyed by `key(text)`, each distinct text encoded once, in one `encode` call; texts
+        already in `known` are not encoded again (a judge embeds what it needs in stages)."""
+        out = dict(known or {})
+        new = [t for t in dict.fromkeys(self.key(t) for t in texts) if t not in out]
+        if new:
+            out.update(zip(new, self.encode(new)))
+        return out
+
+    def key(self, text: Any) -> str:
+        """The text as `vectors` keys it (cleaned, stripped)."""
+        return clean_text(text, self.max_chars).strip()
+
+    def cosine(self, vectors: dict[str, np.ndarray], a: Sequence[Any], b: Sequence[Any]) -> list[float]:
+        """Pairwise cosine cos(a[i], b[i]) of texts embedded by `vectors`; 0.0 where either is empty."""
         if len(a) != len(b):
             raise ValueError(f"similarity: lists differ in length ({len(a)} vs {len(b)})")
         if not a:
             return []
-        # Encode unique texts once (goals repeat across a batch).
-        uniq: dict[str, int] = {}
-        keys_a = [clean_text(t, self.max_chars).strip() for t in a]
-        keys_b = [clean_text(t, self.max_chars).strip() for t in b]
-        for t in keys_a + keys_b:
-            uniq.setdefault(t, len(uniq))
-        vecs = self.encode(list(uniq))
-        ia = np.array([uniq[t] for t in keys_a])
-        ib = np.array([uniq[t] for t in keys_b])
-        sims = np.einsum("ij,ij->i", vecs[ia], vecs[ib])
+        va = np.stack([vectors[self.key(t)] for t in a])
+        vb = np.stack([vectors[self.key(t)] for t in b])
+        sims = np.einsum("ij,ij->i", va, vb)
         return [float(np.clip(s, -1.0, 1.0)) for s in sims]
+
+    def similarity(self, a: Sequence[Any], b: Sequence[Any]) -> list[float]:
+        """Pairwise cosine: cos(a[i], b[i]). 0.0 where either text is empty. Texts that repeat (goals
+        across a batch) are encoded once."""
+        if len(a) != len(b):
+            raise ValueError(f"similarity: lists differ in length ({len(a)} vs {len(b)})")
+        return self.cosine(self.vectors(list(a) + list(b)), a, b)
