@@ -187,7 +187,7 @@ def _zero_load_full_state(optimizer, params: list[torch.Tensor], state: dict[str
         base.state[flat] = {"step": torch.tensor(max(steps, default=0.0))} | {
             k: torch.zeros_like(flat) for k in _ADAM_KEYS
         }
-    if hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2: point the fragments at that state
+    if zero is not None and hasattr(zero, "_lazy_init_hp_params_optimizer_state"):  # ZeRO-1/2: link the fragments
         zero._lazy_init_hp_params_optimizer_state()
     for group in base.param_groups:  # the saved hyperparameters, as `load_state_dict` restores them
         group.update({k: v for k, v in state["param_groups"][0].items() if k != "params" and k in group})
