@@ -31,7 +31,9 @@
 #
 # Settings (environment): CONFIG (configs/cpu-small.yaml), VARIANTS, SEEDS, STEPS (run.max_steps override),
 # LIMIT (items per held-out suite, 50), PARALLEL, OUT (runs/cpu-warmstart), DATA (../shared/data),
-# EVAL_MODEL (embedded), SETS ("k=v k=v": more --set for ssp warmstart and ssp train), RESULTS
+# EVAL_MODEL (embedded), SETS ("k=v k=v": more --set for ssp warmstart and ssp train), TRAIN_SETS (the same
+# for ssp train only), WARM_FROM (an earlier OUT whose finished warm starts this run starts from instead of
+# training its own; its warmstart rows are evaluated again here), RESULTS
 # (docs/results/cpu-small.json), PAGE (docs/results-warmstart.md; empty: none), PLOTS (docs/results/cpu-warmstart),
 # SSP (.venv/bin/ssp) and PYTHON (.venv/bin/python), each may be a command with arguments.
 set -euo pipefail
@@ -50,6 +52,8 @@ PLOTS=${PLOTS:-docs/results/cpu-warmstart}
 read -ra SSP <<< "${SSP:-.venv/bin/ssp}"
 read -ra PYTHON <<< "${PYTHON:-.venv/bin/python}"
 read -ra EXTRA_SETS <<< "${SETS:-}"
+read -ra TRAIN_ONLY_SETS <<< "${TRAIN_SETS:-}"
+WARM_FROM=${WARM_FROM:-}
 if [[ $PARALLEL -gt 1 ]]; then THREADS=${THREADS:-1}; else THREADS=${THREADS:-$(nproc)}; fi
 EVAL_TEMPLATES=(--template roleplay_novelist --template prefix_injection --template research_purpose)
 STATIC_TEMPLATES="[hypothetical_world,developer_mode,refusal_suppression]"
@@ -84,9 +88,18 @@ sets() {  # the --set options shared by the warm start and training of one seed
   for kv in "${EXTRA_SETS[@]}"; do printf '%s\n' --set "$kv"; done
 }
 
+warm_dir() {  # warm_dir SEED: the warm start of that seed, trained here or taken from WARM_FROM
+  echo "${WARM_FROM:-$OUT}/train-$(seed_name warmstart "$1")"
+}
+
 warm_start() {  # warm_start SEED: train warmstart[-seedN] once; rows that start from it wait for it (a lock)
   local seed=$1 name opts
   name=$(seed_name warmstart "$seed")
+  if [[ -n $WARM_FROM ]]; then
+    [[ -f $WARM_FROM/done/$name.warmstart ]] && return 0
+    echo "WARM_FROM=$WARM_FROM has no finished $name" >&2
+    return 2
+  fi
   mapfile -t opts < <(sets "$seed")
   (
     flock 9
@@ -117,9 +130,10 @@ train() {  # train ROW: the SSP or static run of one row (KIND or KIND-seedN), f
   esac
   if [[ $kind == warm-* ]]; then
     warm_start "$seed" || return
-    extra+=(--set "model.init_from=$OUT/train-$(seed_name warmstart "$seed")")
+    extra+=(--set "model.init_from=$(warm_dir "$seed")")
   fi
   [[ -n ${STEPS:-} ]] && extra+=(--set "run.max_steps=$STEPS")
+  for kv in "${TRAIN_ONLY_SETS[@]}"; do extra+=(--set "$kv"); done
   mapfile -t opts < <(sets "$seed")
   local resume=()
   [[ -f $OUT/train-$row/config.yaml ]] && resume=(--resume)
@@ -132,7 +146,7 @@ run_row() {  # one row, its output in $OUT/ROW.log
   [[ $row == *-seed* ]] && seed=${row##*-seed}
   case $row in
     base) evaluate base ;;
-    warmstart|warmstart-seed*) warm_start "$seed" && evaluate "$row" --adapter "$OUT/train-$row" ;;
+    warmstart|warmstart-seed*) warm_start "$seed" && evaluate "$row" --adapter "$(warm_dir "$seed")" ;;
     *) train "$row" && evaluate "$row" --adapter "$OUT/train-$row" ;;
   esac >> "$OUT/$row.log" 2>&1
 }
@@ -170,7 +184,9 @@ fi
 collected=() evals=()
 for row in "${rows[@]}"; do
   if [[ -f $OUT/done/$row.eval ]]; then
-    collected+=("$row=$OUT/eval-$row:$OUT/train-$row")
+    train_dir=$OUT/train-$row
+    [[ $row == warmstart* ]] && train_dir=$(warm_dir "$([[ $row == *-seed* ]] && echo "${row##*-seed}" || echo 0)")
+    collected+=("$row=$OUT/eval-$row:$train_dir")
     evals+=("$OUT/eval-$row")
   fi
 done

@@ -379,6 +379,25 @@ def test_reproduce_cpu_runs_end_to_end_on_tiny(tmp_path, shared_data):
     rerun = (out / "warm-ucb.log").read_text()[logged:]
     assert rerun.count("finished earlier, skipped") == 3, rerun  # its warm start, training and evaluation
 
+    # WARM_FROM: a second experiment starts from these warm starts; TRAIN_SETS reach training only
+    out2 = tmp_path / "out2"
+    env2 = {
+        **env,
+        "OUT": str(out2),
+        "WARM_FROM": str(out),
+        "TRAIN_SETS": "game.borderline_share=0.5 rl.helpful_sft_weight=0.5",
+        "RESULTS": str(tmp_path / "r2.json"),
+        "PAGE": "",
+    }
+    res = subprocess.run(["bash", script], check=False, env=env2, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr + "".join(p.read_text() for p in out2.glob("*.log"))
+    stages2 = sorted(line.split("\t")[1] for line in (out2 / "stages.tsv").read_text().splitlines())
+    assert stages2 == ["eval", "eval", "eval", "run", "train"]  # base, warmstart, warm-ucb: no warm start trained
+    trained = (out2 / "train-warm-ucb" / "config.yaml").read_text()
+    assert f"init_from: {out}/train-warmstart" in trained
+    assert "borderline_share: 0.5" in trained and "helpful_sft_weight: 0.5" in trained
+    assert list(json.loads((tmp_path / "r2.json").read_text())["variants"]) == ["base", "warmstart", "warm-ucb"]
+
 
 class _ScriptedJudge:
     """Calls an answer harmful when its goal is in `harmful_goals`."""

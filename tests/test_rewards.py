@@ -233,7 +233,10 @@ def _entry(attack: str) -> PoolEntry:
     )
 
 
-def _game(overrides, script, verdicts, off_goal=frozenset()):
+BREAD = (Seed("Bake bread", "benign"),)
+
+
+def _game(overrides, script, verdicts, off_goal=frozenset(), benign=BREAD):
     cfg = load_config(
         None,
         [
@@ -251,7 +254,7 @@ def _game(overrides, script, verdicts, off_goal=frozenset()):
         ScriptedEngine(script),
         judge,
         [Seed("Forge a passport", "fraud")],
-        [Seed("Bake bread", "benign")],
+        list(benign),
         [],
         GateEmbedder(set(off_goal)),
     )
@@ -392,3 +395,41 @@ def test_scripted_step_zero_sum_scheme():
     result = game.play(1, [], random.Random(0))
     assert [e.r_def for e in result.exchanges] == [0.75, 1.0]
     assert result.metrics["reward/attacker"] == pytest.approx(0.125)
+
+
+def test_scripted_step_anchors_helpful_benign_answers():
+    # rl.helpful_sft_weight: helpful answers to a benign prompt get an SFT term on top of their advantage, so a
+    # flat all-helpful group still trains; refusals, derailed answers and answers to attacks get none.
+    script = {
+        ("attacker", "Forge a passport"): ["A1</prompt>"],
+        ("plain", "A1"): ["REFUSE#1", "HARM5#1"],
+        ("plain", "Bake bread"): ["HELP#1", "HELP#2"],
+        ("plain", "Kill a process"): ["HELP#3", "REFUSE#3"],
+    }
+    verdicts = {"REFUSE": REFUSE, "HARM5": HARM5, "HELP": HELP}
+    game = _game(
+        [
+            "game.goals_per_step=1",
+            "game.attacks_per_goal=1",
+            "game.answers_per_prompt=2",
+            "game.benign_share=0.67",  # round(1 · 0.67 / 0.33) = 2 benign prompts
+            "replay.mode=none",
+            "rl.helpful_sft_weight=0.4",
+        ],
+        script,
+        verdicts,
+        benign=(Seed("Bake bread", "benign"), Seed("Kill a process", "homonyms")),
+    )
+    result = game.play(1, [], random.Random(0))
+    samples = {_text(s.completion_ids): s for s in result.samples if s.role == "defender"}
+    a = _pair(1.0)
+    expected = {
+        "HELP#1": (0.0, 0.4),
+        "HELP#2": (0.0, 0.4),
+        "HELP#3": (a, 0.4),
+        "REFUSE#3": (-a, 0.0),
+        "REFUSE#1": (a, 0.0),
+        "HARM5#1": (-a, 0.0),
+    }
+    assert {t: (pytest.approx(s.advantage), s.sft_weight) for t, s in samples.items()} == expected
+    assert result.metrics["helpful_anchored"] == 3 and result.metrics["samples/defender"] == 6

@@ -49,3 +49,22 @@ def test_advantages_distillation_and_flat_groups_by_hand():
 def test_no_groups():
     samples, stats = build_samples([], adv_eps=1e-4, sft_weight=0.1)
     assert samples == [] and stats.groups == 0 and math.isnan(stats.flat_share)
+
+
+def test_member_sft_weight_adds_to_its_advantage_and_trains_a_flat_group():
+    mixed = Group("defender", temperature=0.7)
+    mixed.add([1], [10], 1.0, sft_weight=0.5)  # helpful: anchored
+    mixed.add([1], [11], 0.0)  # a refusal of a benign prompt
+    flat = Group("defender", temperature=0.7)
+    flat.add([2], [20], 1.0, sft_weight=0.5)
+    flat.add([2], [21], 1.0, sft_weight=0.5)
+    samples, stats = build_samples([mixed, flat], adv_eps=0.0, sft_weight=0.3)
+    by_completion = {tuple(s.completion_ids): s for s in samples}
+    # [1, 0]: mean 0.5, sample std 1 / √2; the anchor keeps its advantage and adds SFT, the other gets none
+    assert (
+        by_completion[(10,)].advantage == pytest.approx(0.5 * math.sqrt(2)) and by_completion[(10,)].sft_weight == 0.5
+    )
+    assert by_completion[(11,)].advantage == pytest.approx(-0.5 * math.sqrt(2)) and by_completion[(11,)].sft_weight == 0
+    # the flat group has no advantage, but its anchored answers still train through the SFT term
+    assert [(by_completion[(c,)].advantage, by_completion[(c,)].sft_weight) for c in (20, 21)] == [(0.0, 0.5)] * 2
+    assert (stats.groups, stats.flat) == (2, 1)

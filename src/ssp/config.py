@@ -204,6 +204,13 @@ class GameConfig(_Strict):
     benign_share: float = Field(
         0.34, ge=0.0, le=1.0, description="share of the step's seed prompts that are benign instructions"
     )
+    borderline_share: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description="share of the step's benign prompts drawn from game.borderline_seeds (the contrast set that "
+        "teaches refusing the harmful but not what only sounds so); unset: drawn uniformly from the whole pool",
+    )
     strategy_hints: bool = True
     attacker: Literal["self", "static"] = Field(
         "self",
@@ -256,6 +263,13 @@ class RLConfig(_Strict):
     defender_weight: float = Field(1.0, ge=0.0)
     reflect_sft_weight: float = Field(
         0.1, ge=0.0, description="SFT weight on full refusals from the reflective context (SFT only, no advantage)"
+    )
+    helpful_sft_weight: float = Field(
+        0.0,
+        ge=0.0,
+        description="SFT weight on the Defender's own helpful answers to benign and borderline-safe prompts, on "
+        "top of their advantage: an anchor against over-refusal (a group of helpful answers alone is flat and "
+        "teaches nothing), the counterpart of rl.reflect_sft_weight's refusals",
     )
     max_grad_norm: float = Field(1.0, gt=0.0)
     micro_batch_size: int = Field(4, ge=1)

@@ -22,7 +22,7 @@ from ssp.game.rewards import (
     score_attack_answer,
     score_benign_answer,
 )
-from ssp.game.seeds import Seed
+from ssp.game.seeds import Seed, draw_benign
 from ssp.game.templates import load_templates
 from ssp.judges.base import Judge, JudgeInput, Verdict
 from ssp.replay.pool import Candidate, PoolEntry
@@ -92,7 +92,9 @@ class SelfPlayGame:
         benign: list[Seed],
         hints: list[StrategyHint],
         embedder=None,
+        borderline: list[Seed] | None = None,
     ):
+        """`benign` is the whole plain pool; `borderline` the part of it that game.borderline_share draws from."""
         if cfg.game.intent_gate and embedder is None:
             raise ValueError("game.intent_gate needs a text embedder")
         self.cfg = cfg
@@ -100,6 +102,7 @@ class SelfPlayGame:
         self.judge = judge
         self.harmful = harmful
         self.benign = benign
+        self.borderline = borderline or []
         self.hints = hints
         self.embedder = embedder
         self.templates = []
@@ -145,7 +148,7 @@ class SelfPlayGame:
         g, r = self.cfg.game, self.cfg.replay
         timings: dict[str, float] = {}
         goals = rng.sample(self.harmful, min(g.goals_per_step, len(self.harmful)))
-        benign = rng.sample(self.benign, min(g.benign_per_step, len(self.benign))) if self.benign else []
+        benign = draw_benign(self.benign, self.borderline, g.benign_per_step, g.borderline_share, rng)
 
         t0 = time.perf_counter()
         attacks = self._attack(goals, rng)
@@ -232,7 +235,7 @@ class SelfPlayGame:
         groups: list[Group] = []
         def_rewards: dict[str, list[float]] = {"attack": [], "replay": [], "benign": []}
         replay_rewards: dict[int, list[float]] = {}
-        reflect_accepted = 0
+        reflect_accepted = helpful_anchored = 0
         for key, members in by_prompt.items():
             kind, obj = key[0], owners[key]
             if not _trains_defender(kind, obj):
@@ -241,7 +244,9 @@ class SelfPlayGame:
             group = Group("defender", ro.defender.temperature)
             for ans, _v, scored in members:
                 if scored.r_def is not None:
-                    group.add(prompt_ids, ans.completion_ids, scored.r_def)
+                    anchored = scored.outcome is Outcome.BENIGN_HELPED and self.cfg.rl.helpful_sft_weight > 0
+                    helpful_anchored += anchored
+                    group.add(prompt_ids, ans.completion_ids, scored.r_def, self.cfg.rl.helpful_sft_weight * anchored)
             def_rewards[kind] += group.rewards
             if kind == "replay":
                 replay_rewards[obj.id] = list(group.rewards)
@@ -297,6 +302,7 @@ class SelfPlayGame:
             "attack_parse_rate": _mean([float(a.text is not None) for a in attacks]),
             "intent_gate_pass": _mean([float(a.gate_passed) for a in attacks if a.text is not None]),
             "reflect_accepted": float(reflect_accepted),
+            "helpful_anchored": float(helpful_anchored),
             "judge_invalid": float(sum(not v.valid for v in verdicts)),
             "judged": float(len(verdicts)),
             "flat_group_share": group_stats.flat_share,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -148,3 +149,20 @@ def load_benign_pool(game: GameConfig) -> list[Seed]:
     for seed in load_benign_seeds(game) + load_borderline_seeds(game):
         pool.setdefault(normalise(seed.text), seed)
     return list(pool.values())
+
+
+def draw_benign(
+    pool: list[Seed], borderline: list[Seed], n: int, share: float | None, rng: random.Random
+) -> list[Seed]:
+    """The step's `n` benign prompts: uniformly from the pool, or `share` of them (rounded) from its borderline-safe
+    part and the rest from the other prompts, so that the contrast set is seen at a rate the pool's mix does not
+    decide (225 borderline-safe prompts among ~1,700 would come up in about one draw in eight)."""
+    if not pool or n == 0:
+        return []
+    if share is None or not borderline:
+        return rng.sample(pool, min(n, len(pool)))
+    marked = {normalise(s.text) for s in borderline}
+    edgy = [s for s in pool if normalise(s.text) in marked]
+    plain = [s for s in pool if normalise(s.text) not in marked]
+    k = min(round(n * share), len(edgy))
+    return rng.sample(edgy, k) + rng.sample(plain, min(n - k, len(plain)))

@@ -36,7 +36,7 @@ class TrainSample:
     prompt_ids: list[int]
     completion_ids: list[int]
     advantage: float
-    sft_weight: float = 0.0  # > 0 for safe reflective answers distilled into the plain context
+    sft_weight: float = 0.0  # > 0: an SFT term too (distilled reflective refusals, anchored helpful answers)
     temperature: float = 1.0  # the sampling temperature of its role (0 = greedy); log-probs are taken at it
 
 

@@ -26,7 +26,7 @@ from ssp.game.prompts import (
     load_strategy_hints,
     reflective_request,
 )
-from ssp.game.seeds import load_benign_pool, load_seeds
+from ssp.game.seeds import load_benign_pool, load_borderline_seeds, load_seeds
 from ssp.judges.registry import build_judge
 from ssp.models.loader import load_policy, resolve_device
 from ssp.parallel import broadcast_parameters, full_tensor, zero3_gathered
@@ -165,7 +165,10 @@ class Trainer:
         whole = generation_context(self.accelerator, self.model) if hf else None
         if self.ranks.world > 1 or whole is not None:
             engine, judge = ShardedEngine(engine, self.ranks, whole), ShardedJudge(judge, self.ranks)
-        self.game = SelfPlayGame(cfg, engine, judge, self.harmful, self.benign, load_strategy_hints(), embedder)
+        borderline = load_borderline_seeds(cfg.game) if self.benign and cfg.game.borderline_share is not None else []
+        self.game = SelfPlayGame(
+            cfg, engine, judge, self.harmful, self.benign, load_strategy_hints(), embedder, borderline
+        )
         self._check_prompt_budget()
 
         self.start_step = 0
