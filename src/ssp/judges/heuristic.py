@@ -101,6 +101,11 @@ class HeuristicOptions(BaseModel):
     batch_size: int = Field(
         8, ge=1, description="texts per MiniLM forward pass (8 wastes little padding on CPU; raise it on a GPU)"
     )
+    embedder_precision: Literal["bfloat16", "float32"] = Field(
+        "bfloat16",
+        description="MiniLM under bf16 autocast (~2.7x faster where the CPU has bf16 units; cosines within 1e-4 "
+        "of float32) or in float32 (CPUs without bf16 units)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> HeuristicOptions:
@@ -126,10 +131,12 @@ class HeuristicJudge:
     def embedder(self) -> TextEmbedder:
         if self._embedder is None:
             o = self.options
-            if o.embedder_path is None and o.device == "cpu":
+            if o.embedder_path is None and o.device == "cpu" and o.embedder_precision == "bfloat16":
                 self._embedder = TextEmbedder.shared()
             else:
-                self._embedder = TextEmbedder(o.embedder_path, device=o.device, batch_size=o.batch_size)
+                self._embedder = TextEmbedder(
+                    o.embedder_path, device=o.device, batch_size=o.batch_size, precision=o.embedder_precision
+                )
         return self._embedder
 
     def settings(self) -> dict[str, Any]:
