@@ -33,7 +33,10 @@
 # LIMIT (items per held-out suite, 50), PARALLEL, OUT (runs/cpu-warmstart), DATA (../shared/data),
 # EVAL_MODEL (embedded), SETS ("k=v k=v": more --set for ssp warmstart and ssp train), TRAIN_SETS (the same
 # for ssp train only), WARM_FROM (an earlier OUT whose finished warm starts this run starts from instead of
-# training its own; its warmstart rows are evaluated again here), RESULTS
+# training its own; its warmstart rows are evaluated again here), CURVE_ROWS and CURVE_STEPS (e.g. "warm-ucb"
+# and "4 8 12 16 20 24 28": those rows' checkpoints are evaluated too, as rows ROW@sN with the direct and
+# template attacks, and scripts/checkpoint_curve.py draws ASR and over-refusal against the step into
+# CURVE_OUT-ROW.{json,md,png}; CURVE_OUT defaults to PLOTS), RESULTS
 # (docs/results/cpu-small.json), PAGE (docs/results-warmstart.md; empty: none), PLOTS (docs/results/cpu-warmstart),
 # SSP (.venv/bin/ssp) and PYTHON (.venv/bin/python), each may be a command with arguments.
 set -euo pipefail
@@ -56,6 +59,10 @@ read -ra TRAIN_ONLY_SETS <<< "${TRAIN_SETS:-}"
 WARM_FROM=${WARM_FROM:-}
 if [[ $PARALLEL -gt 1 ]]; then THREADS=${THREADS:-1}; else THREADS=${THREADS:-$(nproc)}; fi
 EVAL_TEMPLATES=(--template roleplay_novelist --template prefix_injection --template research_purpose)
+ATTACKS=(--attack direct --attack self --attack template "${EVAL_TEMPLATES[@]}" --self-samples 2)
+CURVE_ROWS=${CURVE_ROWS:-}
+CURVE_STEPS=${CURVE_STEPS:-}
+CURVE_OUT=${CURVE_OUT:-$PLOTS}
 STATIC_TEMPLATES="[hypothetical_world,developer_mode,refusal_suppression]"
 STAGES=$OUT/stages.tsv
 mkdir -p "$OUT/done"
@@ -107,14 +114,14 @@ warm_start() {  # warm_start SEED: train warmstart[-seedN] once; rows that start
   ) 9> "$OUT/done/.lock-$name"
 }
 
-evaluate() {  # evaluate ROW [ssp eval options...]
+evaluate() {  # evaluate ROW [ssp eval options...], under the attacks in ATTACKS
   local row=$1; shift
   stage "$row" eval "${SSP[@]}" eval --model "$EVAL_MODEL" "$@" \
     --benchmark harmbench="$DATA/harmbench_behaviors_text_val.csv" \
     --benchmark xstest:safe="$DATA/xstest_prompts.csv" \
     --benchmark generic:benign="$DATA/benign_instructions.jsonl" \
     --benchmark-option benign.kind=benign --benchmark-option benign.prompt=instruction \
-    --attack direct --attack self --attack template "${EVAL_TEMPLATES[@]}" --self-samples 2 \
+    "${ATTACKS[@]}" \
     --judge heuristic --judge-option harm_grading=topicality \
     --max-new-tokens 64 --attacker-max-new-tokens 64 --accept-truncated-attacks \
     --limit "$LIMIT" --threads "$THREADS" --quiet --output "$OUT/eval-$row"
@@ -160,22 +167,54 @@ for s in $SEEDS; do for v in $VARIANTS; do
   if [[ $v != warmstart ]]; then rows+=("$(seed_name "$v" "$s")"); fi
 done; done
 
-start=$SECONDS running=0 failed=()
-declare -A pid_row
-for row in "${rows[@]}"; do
-  run_row "$row" &
-  pid_row[$!]=$row
-  running=$((running + 1))
-  if (( running >= PARALLEL )); then
-    wait -n -p done_pid || failed+=("${pid_row[$done_pid]}")
+run_checkpoint() {  # run_checkpoint ROW@sN: the held-out evaluation of ROW's checkpoint at step N
+  local row=${1%@s*} step=${1##*@s}
+  evaluate "$1" --adapter "$OUT/train-$row/checkpoints/$(printf 'step-%06d' "$step")" >> "$OUT/$1.log" 2>&1
+}
+
+run_all() {  # run_all JOB ITEM...: JOB ITEM for each item, PARALLEL at a time; failed items into `failed`
+  local job=$1 item running=0 done_pid; shift
+  declare -A pid_item
+  for item in "$@"; do
+    "$job" "$item" &
+    pid_item[$!]=$item
+    running=$((running + 1))
+    if (( running >= PARALLEL )); then
+      wait -n -p done_pid || failed+=("${pid_item[$done_pid]}")
+      running=$((running - 1))
+    fi
+  done
+  while (( running > 0 )); do
+    wait -n -p done_pid || failed+=("${pid_item[$done_pid]}")
     running=$((running - 1))
-  fi
+  done
+}
+
+start=$SECONDS failed=()
+run_all run_row "${rows[@]}"
+# Checkpoint curves: after every row, so that each row's training has finished; direct and template only
+ATTACKS=(--attack direct --attack template "${EVAL_TEMPLATES[@]}")
+points=()
+for row in $CURVE_ROWS; do
+  for n in $CURVE_STEPS; do
+    if [[ -f $OUT/done/$row.train ]]; then points+=("$row@s$n"); fi
+  done
 done
-while (( running > 0 )); do
-  wait -n -p done_pid || failed+=("${pid_row[$done_pid]}")
-  running=$((running - 1))
-done
+(( ${#points[@]} )) && run_all run_checkpoint "${points[@]}"
 printf '%s\t%s\t%d\t%d\t%s\n' all run $((SECONDS - start)) "${#failed[@]}" "$(date -u +%FT%TZ)" >> "$STAGES"
+for row in $CURVE_ROWS; do
+  [[ -f $OUT/done/$row.eval ]] || continue
+  seed=0
+  [[ $row == *-seed* ]] && seed=${row##*-seed}
+  curve=()
+  if [[ -f $OUT/done/$(seed_name warmstart "$seed").eval ]]; then curve+=("0=$OUT/eval-$(seed_name warmstart "$seed")"); fi
+  for n in $CURVE_STEPS; do
+    if [[ -f $OUT/done/$row@s$n.eval ]]; then curve+=("$n=$OUT/eval-$row@s$n"); fi
+  done
+  "${PYTHON[@]}" scripts/checkpoint_curve.py "$CURVE_OUT-curve-$row" --train "$OUT/train-$row" \
+    --final "$OUT/eval-$row" "${curve[@]}" \
+    --title "$row: held-out ASR and over-refusal along training"
+done
 
 if [[ ! -f $OUT/done/base.eval ]]; then
   echo "the base model's evaluation did not finish (see $OUT/base.log); rerun the same command to resume" >&2

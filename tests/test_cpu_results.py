@@ -388,11 +388,20 @@ def test_reproduce_cpu_runs_end_to_end_on_tiny(tmp_path, shared_data):
         "TRAIN_SETS": "game.borderline_share=0.5 rl.helpful_sft_weight=0.5",
         "RESULTS": str(tmp_path / "r2.json"),
         "PAGE": "",
+        "CURVE_ROWS": "warm-ucb",
+        "CURVE_STEPS": "1",
+        "CURVE_OUT": str(tmp_path / "c"),
     }
     res = subprocess.run(["bash", script], check=False, env=env2, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr + "".join(p.read_text() for p in out2.glob("*.log"))
     stages2 = sorted(line.split("\t")[1] for line in (out2 / "stages.tsv").read_text().splitlines())
-    assert stages2 == ["eval", "eval", "eval", "run", "train"]  # base, warmstart, warm-ucb: no warm start trained
+    # base, warmstart, warm-ucb and its checkpoint at step 1 (the curve): no warm start trained
+    assert stages2 == ["eval", "eval", "eval", "eval", "run", "train"]
+    assert (out2 / "done" / "warm-ucb@s1.eval").is_file()
+    points = json.loads((tmp_path / "c-curve-warm-ucb.json").read_text())["points"]
+    assert [p["step"] for p in points] == [0, 1, 1]  # the warm start, the checkpoint, the final model
+    assert set(points[1]["asr"]) == {"direct", "template"} and "training_benign_refusal" in points[1]
+    assert (tmp_path / "c-curve-warm-ucb.png").is_file() and "| 1 |" in (tmp_path / "c-curve-warm-ucb.md").read_text()
     trained = (out2 / "train-warm-ucb" / "config.yaml").read_text()
     assert f"init_from: {out}/train-warmstart" in trained
     assert "borderline_share: 0.5" in trained and "helpful_sft_weight: 0.5" in trained
