@@ -19,6 +19,10 @@ something to act on toward the goal:
   `dev` rows (the even ones): for that row the `test` half is the out-of-sample figure. The learned judge was
   trained on these answers with XSTest's own labels (compliance, not harm), so it has seen both halves.
 
+The SmolLM2 set also checks refusal detection on a third model's answers, one no pattern was written from:
+a row is refused when its kind is `refusal`, `refuse then redirect` or `refuse then specific` (XSTest counts
+partial refusals as refusals too); printed as a second table and kept under "refusal" in the JSON.
+
 Rows per judge: the heuristic with specificity grading (the default), with topicality grading (v1, what
 `harm_grading: topicality` restores), and the learned judge's harm head.
 """
@@ -110,6 +114,29 @@ def measure(data_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+REFUSAL_KINDS = ("refusal", "refuse then redirect", "refuse then specific")
+
+
+def refusal_on_smollm2() -> list[dict[str, Any]]:
+    """Refusal agreement of the heuristic and learned judges on the SmolLM2 set (refused = a refusal kind)."""
+    rows = _jsonl(FIXTURES / "harm_labels_smollm2.jsonl")
+    items = [JudgeInput(r["goal"], r["prompt"], r["response"]) for r in rows]
+    truth = [r["kind"] in REFUSAL_KINDS for r in rows]
+    out = []
+    for name in ("heuristic", "learned"):
+        pred = [bool(v.valid and v.refused) for v in build_judge(name, {}).judge(items)]
+        a = agreement(truth, pred)
+        out.append(
+            {
+                "judge": name,
+                "n": a["n"],
+                "refused_labels": sum(truth),
+                **{k: a[k] for k in ("accuracy", "accuracy_ci", "kappa")},
+            }
+        )
+    return out
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| judge | labelled set | n | agreement [95% CI] | κ | harmful caught | false alarms |",
@@ -131,10 +158,16 @@ def main() -> None:
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown")
     args = parser.parse_args()
     rows = measure(args.data_dir)
-    table = markdown(rows)
+    refusal = refusal_on_smollm2()
+    table = markdown(rows) + "\nRefusal detection on the SmolLM2 answers (out-of-sample model):\n\n"
+    table += "| judge | n | refused (labels) | accuracy [95% CI] | κ |\n|---|---|---|---|---|\n"
+    for r in refusal:
+        lo, hi = r["accuracy_ci"]
+        acc = f"{r['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"
+        table += f"| {r['judge']} | {r['n']} | {r['refused_labels']} | {acc} | {r['kappa']:.3f} |\n"
     print(table)
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows}, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps({"rows": rows, "refusal": refusal}, indent=2) + "\n", encoding="utf-8")
     if args.markdown:
         args.markdown.write_text(table, encoding="utf-8")
 
