@@ -263,6 +263,12 @@ def test_harm_col_reports_harmful_agreement(app, tmp_path) -> None:
     assert "'harmful' vs 'harmful'" in r.output
     h = json.loads((tmp_path / "s.json").read_text())["harm_metrics"]
     assert h["n"] >= 100 and h["accuracy"] >= 0.85 and set(h["confusion_matrix"]) == {"harmful", "not harmful"}
+    # the label column keeps its values; the verdict of the same name is written as judge_harmful
+    labels = [json.loads(line)["harmful"] for line in HARM_FIXTURE.read_text().splitlines() if line.strip()]
+    out = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [o["harmful"] for o in out] == labels and all(isinstance(o["judge_harmful"], bool) for o in out)
+    agree = sum(o["harmful"] == o["judge_harmful"] for o in out) / len(out)
+    assert agree == pytest.approx(h["accuracy"])
 
 
 def test_compare_two_judges_writes_the_disagreements(app, tmp_path) -> None:

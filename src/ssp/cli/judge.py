@@ -292,9 +292,12 @@ def _report_compare(
 ) -> None:
     """Agreement of two judges on refused and harmful; the rows where they differ go to `output`."""
     from ssp.judges.metrics import agreement
-    from ssp.judges.table import write_jsonl
+    from ssp.judges.table import verdict_key, write_jsonl
 
-    (rows_a, _), (rows_b, _) = results
+    # each judge's verdict fields alone (an input label column of the same name stays out of the way)
+    rows_a, rows_b = (
+        [{k: out[verdict_key(row, k)] for k in VERDICT_KEYS} for row, out in zip(rows, res[0])] for res in results
+    )
     both = [(ra, rb) for ra, rb in zip(rows_a, rows_b) if ra["valid"] and rb["valid"]]
     report: dict[str, Any] = {"judges": names, "input": str(input), "n": len(rows), "both_valid": len(both)}
     print(f"judges {names[0]} vs {names[1]} on {len(rows)} exchanges from {input} ({len(both)} valid for both)")

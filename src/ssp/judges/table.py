@@ -152,6 +152,11 @@ def verdict_columns(v: Verdict) -> dict[str, Any]:
     }
 
 
+def verdict_key(row: dict[str, Any], name: str) -> str:
+    """The output column of verdict field `name` for an input row: `judge_<name>` where the row has `name`."""
+    return f"judge_{name}" if name in row else name
+
+
 def judge_rows(
     judge: Judge,
     rows: list[dict[str, Any]],
@@ -159,7 +164,9 @@ def judge_rows(
     batch_size: int = 64,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[dict[str, Any]], JudgeSummary]:
-    """Judge in batches; returns output rows (input columns + verdict columns) and a summary."""
+    """Judge in batches; returns output rows (input columns + verdict columns) and a summary. A verdict column
+    whose name the input already uses (a `harmful` or `refused` label) is written as `judge_<name>`, so the
+    label survives next to the verdict."""
     summary = JudgeSummary()
     out: list[dict[str, Any]] = []
     for start in range(0, len(inputs), batch_size):
@@ -172,7 +179,7 @@ def judge_rows(
             verdicts = [Verdict.invalid(f"judge error: {type(exc).__name__}: {exc}")] * len(chunk)
         for row, v in zip(rows[start : start + batch_size], verdicts):
             summary.add(v)
-            out.append({**row, **verdict_columns(v)})
+            out.append({**row, **{verdict_key(row, k): x for k, x in verdict_columns(v).items()}})
         if on_batch:
             on_batch(len(chunk))
     return out, summary
@@ -197,11 +204,11 @@ def label_metrics(
             t = label_to_refused(row[label_col])
         except ValueError as exc:
             raise TableError(f"{source}: row {i + 1}, column {label_col!r}: {exc}") from None
-        if not out["valid"]:
+        if not out[verdict_key(row, "valid")]:
             excluded += 1
             continue
         truth.append(t)
-        pred.append(bool(out[field]))
+        pred.append(bool(out[verdict_key(row, field)]))
     m = refusal_metrics(truth, pred, ("refused", "answered") if field == "refused" else (field, f"not {field}"))
     m["excluded_invalid"] = excluded
     return m
