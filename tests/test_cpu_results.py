@@ -135,6 +135,8 @@ def experiment(tmp_path_factory):
         "warm-none": (ucb0, {"xstest/safe": 0, "benign": 0}, True),
         # template ASR 90%, above the warm start's 80%: the sign differs from seed 0's
         "warm-none-seed1": ({**ucb1, "template": codes(H="0-8", R="9-9")}, {"xstest/safe": 0, "benign": 0}, True),
+        # a longer run of warm-ucb (docs/results-balance.md): an SSP row of its own kind
+        "warm-ucb64": (ucb1, {"xstest/safe": 0, "benign": 0}, True),
     }
     args = []
     for name, (attacks, refused, field) in rows.items():
@@ -281,7 +283,8 @@ def test_target_verdicts_per_seed_and_averaged(experiment):
     # warm-none: significant on seed 0 but higher than the warm start on seed 1: not met
     none = table["targets"]["warm-none"]["averaged"]["checks"]["asr template < warmstart"]
     assert none["min_p"] < 0.05 and not none["same_sign"] and not none["met"]
-    assert set(table["targets"]) == {"warm-ucb", "warm-none"}
+    assert set(table["targets"]) == {"warm-ucb", "warm-none", "warm-ucb64"}
+    assert table["variants"]["warm-ucb64"]["vs_warmstart_paired"] and "target" in table["variants"]["warm-ucb64"]
 
 
 def test_json_page_plots_and_stages(experiment):
