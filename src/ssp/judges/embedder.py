@@ -19,8 +19,10 @@ unchanged (`benchmarks/judge_speed.py --verdicts-check`).
 The forward pass runs under bfloat16 autocast by default (`precision`): on CPUs with bf16 matrix units
 (AVX-512-BF16, AMX) and on GPUs it is ~2.7× faster, and the embeddings keep a cosine ≥ 0.9999 with the
 float32 ones (norms and softmax stay float32 under autocast), so verdicts change only where a similarity
-sits within ~1e-4 of a threshold (docs/judges.md §4 counts them). On a CPU without bf16 units autocast is
-slower: pass `precision="float32"` (judge option `embedder_precision`).
+sits within ~1e-4 of a threshold (docs/judges.md §4 counts them). Two costs: on a CPU without bf16 units
+autocast is slower, and a bf16 embedding depends slightly (~1e-4) on the other texts of its batch (their
+padding), so a graded score can differ between one process and several that split the batch. For either, pass
+`precision="float32"` (judge option `embedder_precision`; the tiny preset does, for its equivalence tests).
 """
 
 from __future__ import annotations
