@@ -26,23 +26,22 @@ cpu_results = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(cpu_results)
 
 
-def training_benign_refusal(run_dir: Path, after: int, upto: int) -> float | None:
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's metrics.jsonl rows, one per step."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def training_benign_refusal(metrics: list[dict[str, Any]], after: int, upto: int) -> float | None:
     """Mean training-time `benign_refusal` over steps after < step ≤ upto (None where no step has one)."""
-    values = []
-    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
-        v = row.get("benign_refusal")
-        if after < row["step"] <= upto and v is not None and not math.isnan(v):
-            values.append(v)
+    values = [
+        v
+        for row in metrics
+        if after < row["step"] <= upto and (v := row.get("benign_refusal")) is not None and not math.isnan(v)
+    ]
     return sum(values) / len(values) if values else None
 
 
-def last_step(run_dir: Path) -> int:
-    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    return int(json.loads(lines[-1])["step"])
-
-
-def curve(points: list[tuple[int, Path]], run_dir: Path | None) -> list[dict[str, Any]]:
+def curve(points: list[tuple[int, Path]], metrics: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     rows = []
     previous = 0
     for step, folder in sorted(points, key=lambda p: p[0]):  # stable: the final model after a checkpoint of its step
@@ -53,8 +52,8 @@ def curve(points: list[tuple[int, Path]], run_dir: Path | None) -> list[dict[str
             "asr": {a: m for (kind, a), m in rates.items() if kind == "asr"},
             "refusal": {s: m for (kind, s), m in rates.items() if kind == "refusal"},
         }
-        if run_dir is not None and step > 0:
-            row["training_benign_refusal"] = training_benign_refusal(run_dir, previous, step)
+        if metrics is not None and step > 0:
+            row["training_benign_refusal"] = training_benign_refusal(metrics, previous, step)
         rows.append(row)
         previous = step
     return rows
@@ -112,11 +111,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if not sep or not step.isdigit():
             parser.error(f"{p!r}: expected STEP=EVAL_DIR")
         points.append((int(step), Path(folder)))
+    metrics = read_metrics(args.train) if args.train is not None else None
     if args.final is not None:
-        if args.train is None:
+        if metrics is None:
             parser.error("--final needs --train (the last step is read from its metrics.jsonl)")
-        points.append((last_step(args.train), args.final))
-    rows = curve(points, args.train)
+        points.append((int(metrics[-1]["step"]), args.final))
+    rows = curve(points, metrics)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{args.out}.json").write_text(json.dumps({"points": rows}, indent=2) + "\n", encoding="utf-8")
     table = markdown(rows)

@@ -89,6 +89,10 @@ seed_name() {  # seed_name KIND SEED -> KIND or KIND-seedN
   if [[ $2 == 0 ]]; then echo "$1"; else echo "$1-seed$2"; fi
 }
 
+row_seed() {  # row_seed ROW -> N for KIND-seedN, 0 for KIND (the inverse of seed_name)
+  if [[ $1 == *-seed* ]]; then echo "${1##*-seed}"; else echo 0; fi
+}
+
 sets() {  # the --set options shared by the warm start and training of one seed
   local seed=$1 kv
   printf '%s\n' --set "run.seed=$seed" --set "run.threads=$THREADS"
@@ -128,8 +132,8 @@ evaluate() {  # evaluate ROW [ssp eval options...], under the attacks in ATTACKS
 }
 
 train() {  # train ROW: the SSP or static run of one row (KIND or KIND-seedN), from its seed's warm start
-  local row=$1 kind=${1%-seed*} seed=0 extra opts
-  [[ $row == *-seed* ]] && seed=${row##*-seed}
+  local row=$1 kind=${1%-seed*} seed extra opts
+  seed=$(row_seed "$row")
   case ${kind#warm-} in
     ucb|none|uniform|priority) extra=(--set "replay.mode=${kind#warm-}") ;;
     static) extra=(--set game.attacker=static --set "game.static_template_names=$STATIC_TEMPLATES") ;;
@@ -149,8 +153,8 @@ train() {  # train ROW: the SSP or static run of one row (KIND or KIND-seedN), f
 }
 
 run_row() {  # one row, its output in $OUT/ROW.log
-  local row=$1 seed=0
-  [[ $row == *-seed* ]] && seed=${row##*-seed}
+  local row=$1 seed
+  seed=$(row_seed "$row")
   case $row in
     base) evaluate base ;;
     warmstart|warmstart-seed*) warm_start "$seed" && evaluate "$row" --adapter "$(warm_dir "$seed")" ;;
@@ -204,8 +208,7 @@ done
 printf '%s\t%s\t%d\t%d\t%s\n' all run $((SECONDS - start)) "${#failed[@]}" "$(date -u +%FT%TZ)" >> "$STAGES"
 for row in $CURVE_ROWS; do
   [[ -f $OUT/done/$row.eval ]] || continue
-  seed=0
-  [[ $row == *-seed* ]] && seed=${row##*-seed}
+  seed=$(row_seed "$row")
   curve=()
   if [[ -f $OUT/done/$(seed_name warmstart "$seed").eval ]]; then curve+=("0=$OUT/eval-$(seed_name warmstart "$seed")"); fi
   for n in $CURVE_STEPS; do
@@ -224,7 +227,7 @@ collected=() evals=()
 for row in "${rows[@]}"; do
   if [[ -f $OUT/done/$row.eval ]]; then
     train_dir=$OUT/train-$row
-    [[ $row == warmstart* ]] && train_dir=$(warm_dir "$([[ $row == *-seed* ]] && echo "${row##*-seed}" || echo 0)")
+    [[ $row == warmstart* ]] && train_dir=$(warm_dir "$(row_seed "$row")")
     collected+=("$row=$OUT/eval-$row:$train_dir")
     evals+=("$OUT/eval-$row")
   fi

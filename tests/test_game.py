@@ -11,7 +11,7 @@ from ssp.game.prompts import (
     parse_attack,
     reflective_request,
 )
-from ssp.game.seeds import Seed, SeedError, draw_benign, load_seeds
+from ssp.game.seeds import Seed, SeedError, draw_benign, load_seeds, split_borderline
 
 
 @pytest.mark.parametrize(
@@ -125,18 +125,22 @@ def test_static_attacker_wraps_goals_in_templates_and_trains_only_the_defender(t
         )
 
 
+def _draw(pool, borderline, n, share, rng):
+    return draw_benign(pool, *split_borderline(pool, borderline), n, share, rng)
+
+
 def test_draw_benign_takes_the_borderline_share_from_the_borderline_part():
     plain = [Seed(f"Plain prompt {i}") for i in range(40)]
     edgy = [Seed(f"Edgy prompt {i}", "homonyms") for i in range(10)]
     pool = plain + edgy
     rng = random.Random(0)
     for _ in range(20):
-        drawn = draw_benign(pool, [Seed("edgy  PROMPT 3")] + edgy[4:], 5, 0.4, rng)  # matched by normalised text
+        drawn = _draw(pool, [Seed("edgy  PROMPT 3")] + edgy[4:], 5, 0.4, rng)  # matched by normalised text
         assert len(drawn) == len(set(drawn)) == 5
         assert sum(s in edgy[3:] for s in drawn) == 2  # round(5 · 0.4); edgy[:3] are not marked: plain
     # fewer borderline prompts than the share asks for: all of them, the rest plain
-    assert sum(s == edgy[0] for s in draw_benign(pool, edgy[:1], 5, 1.0, rng)) == 1
-    assert len(draw_benign(pool, edgy[:1], 5, 1.0, rng)) == 5
+    assert sum(s == edgy[0] for s in _draw(pool, edgy[:1], 5, 1.0, rng)) == 1
+    assert len(_draw(pool, edgy[:1], 5, 1.0, rng)) == 5
     # no share: uniform over the pool, the same draw as before the option existed
-    assert draw_benign(pool, edgy, 5, None, random.Random(3)) == random.Random(3).sample(pool, 5)
-    assert draw_benign([], edgy, 5, 0.5, rng) == [] and draw_benign(pool, edgy, 0, 0.5, rng) == []
+    assert _draw(pool, edgy, 5, None, random.Random(3)) == random.Random(3).sample(pool, 5)
+    assert _draw([], edgy, 5, 0.5, rng) == [] and _draw(pool, edgy, 0, 0.5, rng) == []

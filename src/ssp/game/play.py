@@ -22,7 +22,7 @@ from ssp.game.rewards import (
     score_attack_answer,
     score_benign_answer,
 )
-from ssp.game.seeds import Seed, draw_benign
+from ssp.game.seeds import Seed, draw_benign, split_borderline
 from ssp.game.templates import load_templates
 from ssp.judges.base import Judge, JudgeInput, Verdict
 from ssp.replay.pool import Candidate, PoolEntry
@@ -102,7 +102,7 @@ class SelfPlayGame:
         self.judge = judge
         self.harmful = harmful
         self.benign = benign
-        self.borderline = borderline or []
+        self.edgy, self.plain = split_borderline(benign, borderline or [])
         self.hints = hints
         self.embedder = embedder
         self.templates = []
@@ -148,7 +148,7 @@ class SelfPlayGame:
         g, r = self.cfg.game, self.cfg.replay
         timings: dict[str, float] = {}
         goals = rng.sample(self.harmful, min(g.goals_per_step, len(self.harmful)))
-        benign = draw_benign(self.benign, self.borderline, g.benign_per_step, g.borderline_share, rng)
+        benign = draw_benign(self.benign, self.edgy, self.plain, g.benign_per_step, g.borderline_share, rng)
 
         t0 = time.perf_counter()
         attacks = self._attack(goals, rng)

@@ -151,18 +151,22 @@ def load_benign_pool(game: GameConfig) -> list[Seed]:
     return list(pool.values())
 
 
+def split_borderline(pool: list[Seed], borderline: list[Seed]) -> tuple[list[Seed], list[Seed]]:
+    """The pool's (borderline-safe, other) prompts, matched by normalised text; once per run, not per step."""
+    marked = {normalise(s.text) for s in borderline}
+    return [s for s in pool if normalise(s.text) in marked], [s for s in pool if normalise(s.text) not in marked]
+
+
 def draw_benign(
-    pool: list[Seed], borderline: list[Seed], n: int, share: float | None, rng: random.Random
+    pool: list[Seed], edgy: list[Seed], plain: list[Seed], n: int, share: float | None, rng: random.Random
 ) -> list[Seed]:
     """The step's `n` benign prompts: uniformly from the pool, or `share` of them (rounded) from its borderline-safe
-    part and the rest from the other prompts, so that the contrast set is seen at a rate the pool's mix does not
-    decide (225 borderline-safe prompts among ~1,700 would come up in about one draw in eight)."""
+    part `edgy` and the rest from the other prompts `plain` (`split_borderline`), so that the contrast set is seen
+    at a rate the pool's mix does not decide (225 borderline-safe prompts among ~1,700 would come up in about one
+    draw in eight)."""
     if not pool or n == 0:
         return []
-    if share is None or not borderline:
+    if share is None or not edgy:
         return rng.sample(pool, min(n, len(pool)))
-    marked = {normalise(s.text) for s in borderline}
-    edgy = [s for s in pool if normalise(s.text) in marked]
-    plain = [s for s in pool if normalise(s.text) not in marked]
     k = min(round(n * share), len(edgy))
     return rng.sample(edgy, k) + rng.sample(plain, min(n - k, len(plain)))
